@@ -1,0 +1,46 @@
+"""cityscapes-lab: semantic segmentation on Cityscapes with few labels.
+
+The public API is re-exported here and imported on first use, so that ``import cityscapes_lab`` stays light
+(no torch) and changes no global state.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "LabError": "errors",
+    "DataError": "errors",
+    "ConfigError": "errors",
+    "synthesize": "data.synth",
+    "SynthOptions": "data.synth",
+    "prepare": "data.prepare",
+    "PrepareOptions": "data.prepare",
+    "load_prepared": "data.prepared",
+    "PreparedData": "data.prepared",
+    "SplitArrays": "data.prepared",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .data.prepare import PrepareOptions, prepare
+    from .data.prepared import PreparedData, SplitArrays, load_prepared
+    from .data.synth import SynthOptions, synthesize
+    from .errors import ConfigError, DataError, LabError
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'cityscapes_lab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,335 @@
+"""Preparing the raw download for one protocol: resized, relabelled pixel arrays plus the split lists.
+
+Output folder::
+
+    meta.json                      protocol, label scheme, size, source, counts, options, package versions
+    splits.json                    split name -> sorted list of image ids <city>_<seq>_<frame>
+    arrays/<source>.images.npy     (N, H, W, 3) uint8 RGB, rows in the order of meta["sources"][source]["ids"]
+    arrays/<source>.labels.npy     (N, H, W) uint8 class indices (absent for the unlabeled test split)
+    <split>/images|masks/<id>.png  only with export_png: the study's layout, for inspection
+
+Sources are the official splits (train, val, test, train_extra); the protocol's splits are id lists over them.
+The folder is built as ``<out>.partial`` in chunks of a few images, each recorded when written, so an interrupted
+run continues where it stopped; the finished folder is renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .. import __version__, atomic, labels
+from ..errors import ConfigError, DataError
+from ..parallel import default_workers, run_tasks
+from . import png
+from .layout import COARSE_FOLDER, FINE_FOLDER, find_frame_id
+from .raw import RawFrame, RawIndex, count_notes, is_stand_in, open_raw, read_member, scan
+from .splits import fraction_name, labeled_subset, parse_fraction, study_split
+
+FORMAT = "cityscapes-lab/prepared-v1"
+CHUNK = 8  # images per task: small enough to lose little on a kill
+
+
+def paper_size(width: int, height: int, factor: float = 0.2, multiple: int = 16) -> tuple[int, int]:
+    """The study's target size: ``int(side * factor)`` rounded up to a multiple of 16 (2048x1024 -> 416x208)."""
+    return tuple(-(-int(side * factor) // multiple) * multiple for side in (width, height))
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a protocol turns labelIds into class indices, and what it stores."""
+
+    name: str
+    label_scheme: str
+    lut: np.ndarray  # labelId -> stored class index
+    num_classes: int
+    ignore_index: int | None
+    description: str
+
+
+PROTOCOLS = {
+    "paper": Protocol("paper", "paper35", labels.LABELID_TO_PAPER, labels.PAPER_NUM_CLASSES, None,
+                      "the Inconsistency-Masks study: 416x208, 35 indices, its exact splits"),
+    "standard": Protocol("standard", "trainId19", labels.LABELID_TO_TRAINID, labels.NUM_TRAIN_CLASSES,
+                         labels.IGNORE_INDEX, "the Cityscapes benchmark: 19 trainIds, 255 ignored, official splits"),
+}
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    protocol: str = "paper"
+    # paper protocol
+    labeled_fraction: float = 0.1  # share of train kept labeled; the study's train_test_split(test_size=0.9)
+    split_seed: int = 42  # the study's random_state
+    # standard protocol
+    size: tuple[int, int] | None = None  # (W, H) of a downscaled copy; None keeps the full resolution
+    fractions: tuple[str, ...] = ("1/16", "1/8", "1/4", "1/2")  # labeled subsets of train
+    subset_seed: int = 0
+    labeled_list: str | None = None  # a file naming the labeled train images (one per line)
+    coarse: bool = False  # include train_extra with gtCoarse labels
+    # both
+    export_png: bool = False
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    out: Path
+    skipped: bool  # a complete folder was already there
+    counts: dict[str, int] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+
+def _protocol(name: str) -> Protocol:
+    if name not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol {name!r}; choose one of: {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[name]
+
+
+def _wanted_splits(options: PrepareOptions, index: RawIndex) -> dict[str, str | None]:
+    """Official split -> annotation folder of its labels (None: images only)."""
+    wanted: dict[str, str | None] = {"train": FINE_FOLDER, "val": FINE_FOLDER}
+    if options.protocol == "standard":
+        if "leftImg8bit/test" in index.dirs:
+            wanted["test"] = None
+        if options.coarse:
+            if f"{COARSE_FOLDER}/train_extra" not in index.dirs or "leftImg8bit/train_extra" not in index.dirs:
+                raise DataError(f"{index.root}: --coarse needs leftImg8bit/train_extra and gtCoarse/train_extra "
+                                "(leftImg8bit_trainextra.zip, gtCoarse.zip); add them or drop --coarse")
+            wanted["train_extra"] = COARSE_FOLDER
+    return wanted
+
+
+def _read_list(path: str, train_ids: set[str]) -> list[str]:
+    """Image ids named in a list file (any line containing <city>_<seq>_<frame>, e.g. U2PL/UniMatch lists)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the labeled list ({exc.strerror}); check the path") from None
+    chosen = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        frame = find_frame_id(line)
+        if frame is None or str(frame) not in train_ids:
+            raise DataError(f"{path}:{number}: {line.strip()!r} names no image of the train split; fix the line")
+        chosen.append(str(frame))
+    if not chosen:
+        raise DataError(f"{path}: names no images; give one train image per line")
+    return sorted(set(chosen))
+
+
+def make_splits(options: PrepareOptions, ids: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The protocol's split lists (each sorted) from the sorted ids of the official splits."""
+    if options.protocol == "paper":
+        # The study lists file names <id>.png; with sorted names, train_test_split's parts A and B are:
+        names = [f"{i}.png" for i in ids["train"]]
+        labeled, unlabeled = study_split(names, round(1 - options.labeled_fraction, 12), options.split_seed,
+                                         f"train images into labeled (--labeled-fraction {options.labeled_fraction:g})"
+                                         " and unlabeled")
+        val_names = [f"{i}.png" for i in ids["val"]]
+        val, test = study_split(val_names, 0.5, options.split_seed, "val images into val and test")
+        strip = lambda part: sorted(name[:-4] for name in part)  # noqa: E731
+        return {"train_full": list(ids["train"]), "train_labeled": strip(labeled),
+                "train_unlabeled": strip(unlabeled), "val": strip(val), "test": strip(test)}
+    splits = {name: list(values) for name, values in ids.items()}
+    for text in options.fractions:
+        labeled = labeled_subset(ids["train"], parse_fraction(text), options.subset_seed)
+        chosen = set(labeled)
+        splits[f"train_labeled_{fraction_name(text)}"] = labeled
+        splits[f"train_unlabeled_{fraction_name(text)}"] = [i for i in ids["train"] if i not in chosen]
+    if options.labeled_list:
+        labeled = _read_list(options.labeled_list, set(ids["train"]))
+        chosen = set(labeled)
+        splits["train_labeled"] = labeled
+        splits["train_unlabeled"] = [i for i in ids["train"] if i not in chosen]
+    return splits
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    source: str
+    number: int
+    rows: tuple[int, ...]
+    frames: tuple[RawFrame, ...]
+    containers: dict  # relpath -> container, for this chunk's files only
+    arrays: str  # the arrays folder
+    size: tuple[int, int]
+    lut: tuple[int, ...]
+    export: dict  # image id -> export folder (empty without export_png)
+
+
+def _load_frame(chunk: _Chunk, item: RawFrame, lut: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decode, check, relabel and resize one frame: (H, W, 3) uint8 image and (H, W) uint8 label or None."""
+    def decode(relpath: str) -> np.ndarray:
+        container = chunk.containers[relpath]
+        try:
+            return png.decode(read_member(container, relpath))
+        except png.PngError as exc:
+            where = f"{container}:{relpath}" if container.endswith(".zip") else f"{container}/{relpath}"
+            raise DataError(f"{where}: unreadable PNG ({exc}); replace it from the official download") from None
+
+    width, height = chunk.size
+    image = decode(item.image)[..., :3]
+    if image.shape[:2] != (height, width):
+        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    if item.label is None:
+        return image, None
+    label = decode(item.label)
+    if label.ndim != 2 or int(label.max()) >= labels.NUM_LABEL_IDS:
+        bad = int(label.max()) if label.ndim == 2 else f"{label.ndim}-channel data"
+        container = chunk.containers[item.label]
+        raise DataError(f"{container}:{item.label}: label value {bad} is out of range (labelIds are "
+                        f"0..{labels.NUM_LABEL_IDS - 1}); use the official *_labelIds.png files, not trainIds or "
+                        "colour images")
+    if label.shape != (height, width):  # nearest-neighbour picks pixels, so it commutes with the relabelling
+        label = cv2.resize(label, (width, height), interpolation=cv2.INTER_NEAREST)
+    return image, lut[label]
+
+
+def _prepare_chunk(chunk: _Chunk) -> int:
+    """Worker: fill the chunk's rows of the arrays (and export PNGs); returns the number of frames."""
+    cv2.setNumThreads(1)  # the pool already uses every core
+    lut = np.asarray(chunk.lut, dtype=np.uint8)
+    images = np.load(f"{chunk.arrays}/{chunk.source}.images.npy", mmap_mode="r+")
+    label_array = None
+    for row, item in zip(chunk.rows, chunk.frames):
+        image, label = _load_frame(chunk, item, lut)
+        images[row] = image
+        if label is not None:
+            if label_array is None:
+                label_array = np.load(f"{chunk.arrays}/{chunk.source}.labels.npy", mmap_mode="r+")
+            label_array[row] = label
+        folder = chunk.export.get(str(item.frame))
+        if folder:
+            for sub, array in (("images", image), ("masks", label)):
+                if array is not None:
+                    target = Path(folder) / sub / f"{item.frame}.png"
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    atomic.write_bytes(target, png.encode(array))
+    images.flush()
+    if label_array is not None:
+        label_array.flush()
+    return len(chunk.frames)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version(), "cityscapes-lab": __version__}
+    for name in ("numpy", "opencv-python-headless", "pillow", "cityscapesscripts", "pyspng-seunglab"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def _export_folders(options: PrepareOptions, splits: dict[str, list[str]], partial: Path) -> dict[str, str]:
+    """Image id -> the folder its PNGs go to, one leaf split per image (train_full and subsets would repeat)."""
+    if not options.export_png:
+        return {}
+    leaves = (("train_labeled", "train_unlabeled", "val", "test") if options.protocol == "paper"
+              else ("train", "val", "test", "train_extra"))
+    return {i: str(partial / leaf) for leaf in leaves for i in splits.get(leaf, [])}
+
+
+def prepare(raw: Path, out: Path, options: PrepareOptions, *, workers: int | None = None,
+            force: bool = False) -> PrepareResult:
+    """Prepare the raw download at ``raw`` into ``out`` for ``options.protocol``.
+
+    Validates the download before writing anything; raises DataError/ConfigError naming the file and the fix.
+    A complete ``out`` is left alone (``skipped``) unless ``force``.
+    """
+    started = time.perf_counter()
+    protocol = _protocol(options.protocol)
+    out = Path(out)
+    if out.exists() and not force:
+        if (out / "meta.json").exists():
+            return PrepareResult(out, skipped=True)
+        raise DataError(f"{out}: exists and is not a prepared folder; choose a new --out or pass --force")
+    atomic.check_writable_parent(out)
+    index = open_raw(raw)
+    frames = scan(index, _wanted_splits(options, index))
+    ids = {split: [str(item.frame) for item in items] for split, items in frames.items()}
+    splits = make_splits(options, ids)
+    header = png.parse_header(index.read(frames["train"][0].image)[:33])
+    if options.protocol == "paper":
+        size = paper_size(header.width, header.height)
+    else:
+        size = tuple(options.size) if options.size else (header.width, header.height)
+
+    partial = atomic.partial_path(out)
+    arrays = partial / "arrays"
+    plan = json.loads(json.dumps({"format": FORMAT, "raw": str(Path(raw).resolve()), "options": asdict(options),
+                                  "size": list(size), "ids": ids}))  # as it reads back from plan.json
+    plan_file = partial / "plan.json"
+    if partial.exists() and (not plan_file.exists() or json.loads(plan_file.read_text()) != plan):
+        shutil.rmtree(partial)  # an interrupted run of something else: start over
+    (partial / "done").mkdir(parents=True, exist_ok=True)
+    arrays.mkdir(exist_ok=True)
+    atomic.write_json(plan_file, plan)
+    for source, items in frames.items():
+        shapes = {"images": (len(items), size[1], size[0], 3)}
+        if items[0].label is not None:
+            shapes["labels"] = (len(items), size[1], size[0])
+        for kind, shape in shapes.items():
+            path = arrays / f"{source}.{kind}.npy"
+            if not path.exists():
+                tmp = path.with_name(path.name + ".tmp")
+                np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape).flush()
+                tmp.replace(path)
+
+    export = _export_folders(options, splits, partial)
+    chunks = []
+    for source, items in frames.items():
+        for number, start in enumerate(range(0, len(items), CHUNK)):
+            if (partial / "done" / f"{source}-{number}").exists():
+                continue
+            part = items[start:start + CHUNK]
+            files = [f for item in part for f in (item.image, item.label) if f]
+            chunks.append(_Chunk(source, number, tuple(range(start, start + len(part))), tuple(part),
+                                 {f: index.files[f] for f in files}, str(arrays), size, tuple(int(v) for v in protocol.lut),
+                                 {str(item.frame): export[str(item.frame)] for item in part if str(item.frame) in export}))
+    try:
+        for chunk, _ in run_tasks(_prepare_chunk, chunks, workers=workers or default_workers(),
+                                  desc=f"prepare ({protocol.name})", units=lambda c: len(c.frames),
+                                  total_units=sum(len(c.frames) for c in chunks)):
+            (partial / "done" / f"{chunk.source}-{chunk.number}").touch()
+    except DataError:
+        shutil.rmtree(partial, ignore_errors=True)  # the input is at fault: leave nothing behind
+        raise
+
+    notes = count_notes(frames)
+    meta = {
+        "format": FORMAT,
+        "protocol": protocol.name,
+        "description": protocol.description,
+        "label_scheme": protocol.label_scheme,
+        "num_classes": protocol.num_classes,
+        "ignore_index": protocol.ignore_index,
+        "size": list(size),
+        "source": {"path": str(Path(raw).resolve()), "kind": "zips" if index.zips else "folders",
+                   "stand_in": is_stand_in(index), "original_size": [header.width, header.height]},
+        "sources": {source: {"ids": ids[source], "labels": items[0].label is not None}
+                    for source, items in frames.items()},
+        "counts": {name: len(values) for name, values in splits.items()},
+        "options": asdict(options),
+        "notes": notes,
+        "versions": _versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    atomic.write_json(partial / "splits.json", splits)
+    atomic.write_json(partial / "meta.json", meta)
+    shutil.rmtree(partial / "done")
+    plan_file.unlink()
+    atomic.publish_folder(partial, out)
+    return PrepareResult(out, skipped=False, counts=meta["counts"], notes=tuple(notes),
+                         seconds=time.perf_counter() - started)

@@ -1,0 +1,127 @@
+"""Loading a prepared folder: its splits as arrays, and as a PyTorch ``Dataset``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..errors import DataError
+from .prepare import FORMAT
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .torch_dataset import SegmentationDataset
+
+
+@dataclass(frozen=True)
+class SplitArrays:
+    """One split in memory (or memory-mapped): images (N, H, W, 3) uint8 RGB, labels (N, H, W) uint8 or None."""
+
+    name: str
+    ids: list[str]
+    images: np.ndarray
+    labels: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class PreparedData:
+    """A prepared folder (see ``data.prepare``): metadata, split lists and pixel arrays.
+
+    Arrays are memory-mapped by default: opening is instant and pages are read on first use. ``in_memory=True``
+    reads every array into RAM at once.
+    """
+
+    def __init__(self, root: Path, in_memory: bool = False):
+        self.root = Path(root)
+        meta_path = self.root / "meta.json"
+        if not meta_path.exists():
+            raise DataError(f"{self.root}: not a prepared folder (no meta.json); run `cityscapes-lab prepare` first")
+        try:
+            self.meta = json.loads(meta_path.read_text())
+            self.splits: dict[str, list[str]] = json.loads((self.root / "splits.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{self.root}: meta.json or splits.json is unreadable ({exc}); prepare it again "
+                            "with --force") from None
+        if self.meta.get("format") != FORMAT:
+            raise DataError(f"{meta_path}: format {self.meta.get('format')!r} is not {FORMAT!r}; prepare it again "
+                            "with this version (--force)")
+        self._where = {image_id: (source, row) for source, info in self.meta["sources"].items()
+                       for row, image_id in enumerate(info["ids"])}
+        self._arrays: dict[tuple[str, str], np.ndarray] = {}
+        self._in_memory = in_memory
+        if in_memory:
+            for source, info in self.meta["sources"].items():
+                self._array(source, "images")
+                if info["labels"]:
+                    self._array(source, "labels")
+
+    # --- metadata -----------------------------------------------------------------------------------------------
+    @property
+    def protocol(self) -> str:
+        return self.meta["protocol"]
+
+    @property
+    def num_classes(self) -> int:
+        return self.meta["num_classes"]
+
+    @property
+    def ignore_index(self) -> int | None:
+        return self.meta["ignore_index"]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the stored images."""
+        return tuple(self.meta["size"])
+
+    @property
+    def stand_in(self) -> bool:
+        """True when the source was generated stand-in data, not Cityscapes."""
+        return bool(self.meta["source"].get("stand_in"))
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{name}={len(ids)}" for name, ids in self.splits.items())
+        return f"PreparedData({self.root}, protocol={self.protocol}, size={self.size}, {counts})"
+
+    # --- pixels -------------------------------------------------------------------------------------------------
+    def _array(self, source: str, kind: str) -> np.ndarray:
+        key = (source, kind)
+        if key not in self._arrays:
+            path = self.root / "arrays" / f"{source}.{kind}.npy"
+            try:
+                self._arrays[key] = np.load(path, mmap_mode=None if self._in_memory else "r")
+            except (OSError, ValueError) as exc:
+                raise DataError(f"{path}: unreadable ({exc}); prepare the folder again with --force") from None
+        return self._arrays[key]
+
+    def split(self, name: str) -> SplitArrays:
+        """The images and labels of a split. A split that is a whole source is returned without copying."""
+        if name not in self.splits:
+            raise DataError(f"{self.root}: has no split {name!r}; it has: {', '.join(self.splits)}")
+        ids = self.splits[name]
+        sources = {self._where[i][0] for i in ids}
+        if len(sources) != 1:
+            raise DataError(f"{self.root}: split {name!r} spans several sources; prepare it again")
+        source = sources.pop()
+        rows = np.array([self._where[i][1] for i in ids], dtype=np.int64)
+        has_labels = self.meta["sources"][source]["labels"]
+        whole = len(rows) == len(self.meta["sources"][source]["ids"]) and bool(np.all(rows == np.arange(len(rows))))
+        pick = (lambda array: array) if whole else (lambda array: array[rows])
+        images = pick(self._array(source, "images"))
+        label_array = pick(self._array(source, "labels")) if has_labels else None
+        return SplitArrays(name, list(ids), images, label_array)
+
+    def dataset(self, name: str) -> SegmentationDataset:
+        """A PyTorch ``Dataset`` of a split: items are (image (3, H, W) uint8, label (H, W) int64)."""
+        from .torch_dataset import SegmentationDataset
+
+        return SegmentationDataset(self.split(name))
+
+
+def load_prepared(root: str | Path, in_memory: bool = False) -> PreparedData:
+    """Open a folder written by ``cityscapes-lab prepare``; raises DataError if it is not one."""
+    return PreparedData(Path(root), in_memory=in_memory)

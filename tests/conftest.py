@@ -1,0 +1,53 @@
+"""Shared fixtures: small generated Cityscapes-format datasets, built once per test session."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Nothing may be downloaded, and no tool may write outside the test's temporary folders.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+_scratch = Path(tempfile.mkdtemp(prefix="cityscapes-lab-tests-"))
+os.environ.setdefault("MPLCONFIGDIR", str(_scratch / "mpl"))
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(_scratch / "inductor"))
+
+import pytest  # noqa: E402
+
+from cityscapes_lab.data.synth import SynthOptions, synthesize  # noqa: E402
+
+SMALL = dict(width=512, height=256)  # prepares to 112x64 under the paper protocol
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    skip_slow = pytest.mark.skip(reason="slow: pass --run-slow")
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "slow" in item.keywords and not config.getoption("--run-slow"):
+            item.add_marker(skip_slow)
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def raw_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An extracted stand-in download: 24 train, 10 val, 3 test, 2 train_extra frames at 512x256."""
+    out = tmp_path_factory.mktemp("raw") / "cityscapes"
+    synthesize(out, SynthOptions(counts={"train": 24, "val": 10, "test": 3, "train_extra": 2}, seed=7, **SMALL),
+               workers=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def raw_small_zips(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same frames as ``raw_small``, as the official zips."""
+    out = tmp_path_factory.mktemp("rawzip") / "cityscapes"
+    synthesize(out, SynthOptions(counts={"train": 24, "val": 10, "test": 3, "train_extra": 2}, seed=7, as_zips=True,
+                                 **SMALL), workers=1)
+    return out
