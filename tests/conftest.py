@@ -45,6 +45,18 @@ def raw_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_paper(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny paper-protocol folder for training tests: 16 train (4 labeled) and 8 val frames at 64x32."""
+    from cityscapes_lab.data.prepare import PrepareOptions, prepare
+
+    root = tmp_path_factory.mktemp("tiny")
+    synthesize(root / "raw", SynthOptions(counts={"train": 16, "val": 8, "test": 0, "train_extra": 0}, width=256,
+                                          height=128, seed=3), workers=1)
+    prepare(root / "raw", root / "prepared", PrepareOptions(protocol="paper", labeled_fraction=0.25), workers=1)
+    return root / "prepared"
+
+
+@pytest.fixture(scope="session")
 def raw_small_zips(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same frames as ``raw_small``, as the official zips."""
     out = tmp_path_factory.mktemp("rawzip") / "cityscapes"

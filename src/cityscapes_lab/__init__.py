@@ -23,6 +23,13 @@ _EXPORTS = {
     "load_prepared": "data.prepared",
     "PreparedData": "data.prepared",
     "SplitArrays": "data.prepared",
+    "build_model": "models",
+    "list_models": "models",
+    "Config": "config",
+    "load_config": "config",
+    "run_study": "study.runner",
+    "write_report": "report",
+    "evaluate_folders": "metrics.folders",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -31,7 +38,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from .data.prepare import PrepareOptions, prepare
     from .data.prepared import PreparedData, SplitArrays, load_prepared
     from .data.synth import SynthOptions, synthesize
+    from .config import Config, load_config
     from .errors import ConfigError, DataError, LabError
+    from .metrics.folders import evaluate_folders
+    from .models import build_model, list_models
+    from .report import write_report
+    from .study.runner import run_study
 
 
 def __getattr__(name: str) -> Any:

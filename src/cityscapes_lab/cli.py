@@ -109,22 +109,104 @@ def prepare(raw: Path, out: Path, protocol: str, labeled_fraction: float, split_
         _say(f"  note: {note}")
 
 
+@cli.group("config")
+def config_group() -> None:
+    """Inspect the settings of a study."""
+
+
+@config_group.command("show")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="A TOML settings file.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one setting.")
+def config_show(config_file: Path | None, overrides: tuple[str, ...]) -> None:
+    """Print every setting with its default, source and meaning, as a TOML file you can edit and pass back."""
+    from .config import format_config, load_config
+
+    click.echo(format_config(load_config(config_file, list(overrides))), nl=False)
+
+
+@cli.command()
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="A folder made by `prepare --protocol paper`.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="The study folder (created or continued).")
+@click.option("--approaches", default="fdt,ldt,aldt", show_default=True, help="Comma-separated approaches to run.")
+@click.option("--runs", type=click.IntRange(1), default=None, help="Runs per approach [study.runs, default 3].")
+@click.option("--models", type=click.IntRange(1), default=None, help="Models per baseline group [study.models, default 10].")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="A TOML settings file.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override one setting, e.g. --set train.epochs=5 (repeatable; see `config show`).")
+@click.option("--save-predictions", is_flag=True, help="Write every model's predictions as official-format PNGs.")
+def study(data: Path, out: Path, approaches: str, runs: int | None, models: int | None, config_file: Path | None,
+          overrides: tuple[str, ...], save_predictions: bool) -> None:
+    """Train and score every group of the chosen approaches; rerun the same command to continue after a stop."""
+    from .config import load_config
+    from .study.runner import run_study
+
+    extra = [f"study.runs={runs}"] * (runs is not None) + [f"study.models={models}"] * (models is not None)
+    extra += ["study.save_predictions=true"] * save_predictions
+    config = load_config(config_file, list(overrides) + extra)
+    names = [a.strip().lower() for a in approaches.split(",") if a.strip()]
+    summary = run_study(data, out, names, config, log=_say)
+    _say(f"study {out}: {summary.trained} trainings run now, {summary.skipped} already finished, "
+         f"{summary.failed} failed, {summary.groups} groups")
+    _say(f"results: {out}/results.sqlite; report: cityscapes-lab report {out}")
+
+
+@cli.command()
+@click.option("--pred", "pred_dir", type=click.Path(path_type=Path), required=True,
+              help="Folder of labelId PNGs whose names contain <city>_<seq>_<frame>.")
+@click.option("--gt", "gt_dir", type=click.Path(path_type=Path), required=True,
+              help="Folder searched for *_gtFine_labelIds.png (and *_gtFine_instanceIds.png).")
+@click.option("--json", "json_file", type=click.Path(path_type=Path), default=None, help="Write the scores here.")
+@click.option("--workers", type=click.IntRange(1), default=None, help="Processes [default: all cores].")
+def evaluate(pred_dir: Path, gt_dir: Path, json_file: Path | None, workers: int | None) -> None:
+    """Official Cityscapes pixel-level scores (mIoU, iIoU, category scores), equal to cityscapesscripts'."""
+    import json
+    import math
+
+    from . import atomic
+    from .metrics.folders import evaluate_folders
+
+    result = evaluate_folders(pred_dir, gt_dir, workers=workers)
+    scores = result.scores.as_dict()
+    for name, value in result.scores.class_iou.items():
+        iiou = result.scores.class_iiou[name]
+        _say(f"  {name:<14} IoU {value:6.3f}" + ("" if math.isnan(iiou) else f"   iIoU {iiou:6.3f}"))
+    _say(f"{result.images} images: mIoU {scores['mIoU']:.4f}  iIoU {scores['iIoU']:.4f}  "
+         f"category mIoU {scores['category_mIoU']:.4f}  category iIoU {scores['category_iIoU']:.4f}")
+    if json_file:
+        clean = json.loads(json.dumps(scores), parse_constant=lambda c: None)  # NaN -> null: strict JSON
+        atomic.write_json(json_file, clean)
+        _say(f"wrote {json_file}")
+
+
+@cli.command()
+@click.argument("runs", type=click.Path(path_type=Path))
+def report(runs: Path) -> None:
+    """Write the results table (Markdown, CSV), the figure and a picture panel of the study in RUNS."""
+    from .report import write_report
+
+    files = write_report(runs)
+    for path in (files.table_md, files.table_csv, files.figure, files.panel):
+        if path is not None:
+            _say(f"wrote {path}")
+
+
 @cli.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("demo-out"), show_default=True,
               help="Folder for everything the demo makes.")
 @click.option("--workers", type=click.IntRange(1), default=None, help="Processes [default: all cores].")
 def demo(out: Path, workers: int | None) -> None:
-    """Run the pipeline on generated stand-in data at reduced sizes (a few minutes on a 2-core CPU)."""
-    from .data.prepared import load_prepared
+    """Run the whole pipeline on generated stand-in data at reduced sizes (minutes on a 2-core CPU)."""
     from .demo import DISCLAIMER, run_demo
 
     _say(DISCLAIMER)
     result = run_demo(out, workers=workers, log=_say)
-    data = load_prepared(result.prepared)
-    _say(f"prepared data: {result.prepared} ({data.protocol} protocol, {data.size[0]}x{data.size[1]})")
-    for name, ids in data.splits.items():
-        _say(f"  {name:<16} {len(ids):>5} images")
-    _say(f"load it in Python with: cityscapes_lab.load_prepared({str(result.prepared)!r})")
+    _say("")
+    _say(result.report.table_md.read_text().split("\n\n", 3)[-1].strip())
+    _say("")
+    _say(f"table:  {result.report.table_md}  (and {result.report.table_csv.name})")
+    _say(f"figure: {result.report.figure}")
+    if result.report.panel is not None:
+        _say(f"panel:  {result.report.panel}")
     _say(DISCLAIMER)
 
 

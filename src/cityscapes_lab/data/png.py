@@ -75,6 +75,8 @@ def _inflated_copy(data: bytes) -> bytes | None:
             break
         pos += 12 + length
     row_bytes = 1 + header.width * header.channels
+    if len(data) * 8 < header.height * row_bytes:
+        return None  # well compressed (a label map): plain libspng is faster than the re-wrap
     try:
         rows = _libdeflate.zlib_decompress(b"".join(parts), header.height * row_bytes)
     except _libdeflate.DeflateError as exc:
@@ -85,11 +87,31 @@ def _inflated_copy(data: bytes) -> bytes | None:
     return b"".join((PNG_SIGNATURE, _chunk(b"IHDR", data[16:29]), _chunk(b"IDAT", stored), _chunk(b"IEND", b"")))
 
 
+def _decode_grey16(data: bytes) -> np.ndarray | None:
+    """A 16-bit greyscale PNG (instance ids) through libspng: its rows are byte-for-byte those of an 8-bit
+    grey+alpha PNG of the same size (2 bytes per pixel, filtered with 2-byte steps), so the header is relabelled,
+    libspng decodes the byte pairs, and they are joined big-endian. None if not applicable."""
+    header = parse_header(data[:33])
+    if header.colour_type != 0 or header.bit_depth != 16 or data[28] != 0 or _libdeflate is None:
+        return None
+    ihdr = data[16:24] + bytes([8, 4]) + data[26:29]
+    relabelled = PNG_SIGNATURE + _chunk(b"IHDR", ihdr) + data[33:]
+    try:
+        pairs = _spng.load(relabelled)
+    except Exception as exc:
+        raise PngError(f"corrupt or truncated PNG ({exc})") from None
+    return np.ascontiguousarray(pairs).view(">u2")[..., 0].astype(np.uint16)  # big-endian pairs -> native
+
+
 def decode(data: bytes) -> np.ndarray:
     """Decode PNG bytes to (H, W) or (H, W, C) uint8/uint16, RGB order; raises PngError."""
     if not data.startswith(PNG_SIGNATURE):
         raise PngError("not a PNG file (bad signature)")
-    if _spng is not None and data[24:25] == b"\x08":  # 8-bit only: pyspng mis-shapes 16-bit greyscale
+    if _spng is not None and data[24:25] == b"\x10":
+        grey16 = _decode_grey16(data)
+        if grey16 is not None:
+            return grey16
+    if _spng is not None and data[24:25] == b"\x08":  # pyspng itself mis-decodes 16-bit greyscale
         if _libdeflate is not None:
             data = _inflated_copy(data) or data
         try:

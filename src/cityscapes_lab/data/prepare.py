@@ -6,6 +6,7 @@ Output folder::
     splits.json                    split name -> sorted list of image ids <city>_<seq>_<frame>
     arrays/<source>.images.npy     (N, H, W, 3) uint8 RGB, rows in the order of meta["sources"][source]["ids"]
     arrays/<source>.labels.npy     (N, H, W) uint8 class indices (absent for the unlabeled test split)
+    arrays/val.instances.npy       (N, H, W) uint16 instance ids (labelId*1000+k) of the val split, for iIoU
     <split>/images|masks/<id>.png  only with export_png: the study's layout, for inspection
 
 Sources are the official splits (train, val, test, train_extra); the protocol's splits are id lists over them.
@@ -159,6 +160,7 @@ class _Chunk:
     number: int
     rows: tuple[int, ...]
     frames: tuple[RawFrame, ...]
+    instances: bool  # also store the instance ids
     containers: dict  # relpath -> container, for this chunk's files only
     arrays: str  # the arrays folder
     size: tuple[int, int]
@@ -166,8 +168,10 @@ class _Chunk:
     export: dict  # image id -> export folder (empty without export_png)
 
 
-def _load_frame(chunk: _Chunk, item: RawFrame, lut: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """Decode, check, relabel and resize one frame: (H, W, 3) uint8 image and (H, W) uint8 label or None."""
+def _load_frame(chunk: _Chunk, item: RawFrame, lut: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Decode, check, relabel and resize one frame: (H, W, 3) uint8 image, (H, W) uint8 label or None, and
+    (H, W) uint16 instance ids or None."""
     def decode(relpath: str) -> np.ndarray:
         container = chunk.containers[relpath]
         try:
@@ -181,7 +185,7 @@ def _load_frame(chunk: _Chunk, item: RawFrame, lut: np.ndarray) -> tuple[np.ndar
     if image.shape[:2] != (height, width):
         image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
     if item.label is None:
-        return image, None
+        return image, None, None
     label = decode(item.label)
     if label.ndim != 2 or int(label.max()) >= labels.NUM_LABEL_IDS:
         bad = int(label.max()) if label.ndim == 2 else f"{label.ndim}-channel data"
@@ -191,22 +195,32 @@ def _load_frame(chunk: _Chunk, item: RawFrame, lut: np.ndarray) -> tuple[np.ndar
                         "colour images")
     if label.shape != (height, width):  # nearest-neighbour picks pixels, so it commutes with the relabelling
         label = cv2.resize(label, (width, height), interpolation=cv2.INTER_NEAREST)
-    return image, lut[label]
+    instances = None
+    if chunk.instances:
+        instances = decode(item.instance).astype(np.uint16)
+        if instances.shape != (height, width):
+            instances = cv2.resize(instances, (width, height), interpolation=cv2.INTER_NEAREST)
+    return image, lut[label], instances
 
 
 def _prepare_chunk(chunk: _Chunk) -> int:
     """Worker: fill the chunk's rows of the arrays (and export PNGs); returns the number of frames."""
     cv2.setNumThreads(1)  # the pool already uses every core
     lut = np.asarray(chunk.lut, dtype=np.uint8)
-    images = np.load(f"{chunk.arrays}/{chunk.source}.images.npy", mmap_mode="r+")
-    label_array = None
+    opened: dict[str, np.ndarray] = {}
+
+    def stored(kind: str) -> np.ndarray:
+        if kind not in opened:
+            opened[kind] = np.load(f"{chunk.arrays}/{chunk.source}.{kind}.npy", mmap_mode="r+")
+        return opened[kind]
+
     for row, item in zip(chunk.rows, chunk.frames):
-        image, label = _load_frame(chunk, item, lut)
-        images[row] = image
+        image, label, instances = _load_frame(chunk, item, lut)
+        stored("images")[row] = image
         if label is not None:
-            if label_array is None:
-                label_array = np.load(f"{chunk.arrays}/{chunk.source}.labels.npy", mmap_mode="r+")
-            label_array[row] = label
+            stored("labels")[row] = label
+        if instances is not None:
+            stored("instances")[row] = instances
         folder = chunk.export.get(str(item.frame))
         if folder:
             for sub, array in (("images", image), ("masks", label)):
@@ -214,9 +228,8 @@ def _prepare_chunk(chunk: _Chunk) -> int:
                     target = Path(folder) / sub / f"{item.frame}.png"
                     target.parent.mkdir(parents=True, exist_ok=True)
                     atomic.write_bytes(target, png.encode(array))
-    images.flush()
-    if label_array is not None:
-        label_array.flush()
+    for values in opened.values():
+        values.flush()
     return len(chunk.frames)
 
 
@@ -276,15 +289,20 @@ def prepare(raw: Path, out: Path, options: PrepareOptions, *, workers: int | Non
     (partial / "done").mkdir(parents=True, exist_ok=True)
     arrays.mkdir(exist_ok=True)
     atomic.write_json(plan_file, plan)
+    # Instance ids (for iIoU) are kept for the official val split, where every frame has them.
+    with_instances = {source: source == "val" and all(item.instance for item in items)
+                      for source, items in frames.items()}
     for source, items in frames.items():
-        shapes = {"images": (len(items), size[1], size[0], 3)}
+        shapes = {"images": ((len(items), size[1], size[0], 3), np.uint8)}
         if items[0].label is not None:
-            shapes["labels"] = (len(items), size[1], size[0])
-        for kind, shape in shapes.items():
+            shapes["labels"] = ((len(items), size[1], size[0]), np.uint8)
+        if with_instances[source]:
+            shapes["instances"] = ((len(items), size[1], size[0]), np.uint16)
+        for kind, (shape, dtype) in shapes.items():
             path = arrays / f"{source}.{kind}.npy"
             if not path.exists():
                 tmp = path.with_name(path.name + ".tmp")
-                np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape).flush()
+                np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape).flush()
                 tmp.replace(path)
 
     export = _export_folders(options, splits, partial)
@@ -295,8 +313,10 @@ def prepare(raw: Path, out: Path, options: PrepareOptions, *, workers: int | Non
                 continue
             part = items[start:start + CHUNK]
             files = [f for item in part for f in (item.image, item.label) if f]
+            if with_instances[source]:
+                files += [item.instance for item in part]
             chunks.append(_Chunk(source, number, tuple(range(start, start + len(part))), tuple(part),
-                                 {f: index.files[f] for f in files}, str(arrays), size, tuple(int(v) for v in protocol.lut),
+                                 with_instances[source], {f: index.files[f] for f in files}, str(arrays), size, tuple(int(v) for v in protocol.lut),
                                  {str(item.frame): export[str(item.frame)] for item in part if str(item.frame) in export}))
     try:
         for chunk, _ in run_tasks(_prepare_chunk, chunks, workers=workers or default_workers(),
@@ -318,8 +338,8 @@ def prepare(raw: Path, out: Path, options: PrepareOptions, *, workers: int | Non
         "size": list(size),
         "source": {"path": str(Path(raw).resolve()), "kind": "zips" if index.zips else "folders",
                    "stand_in": is_stand_in(index), "original_size": [header.width, header.height]},
-        "sources": {source: {"ids": ids[source], "labels": items[0].label is not None}
-                    for source, items in frames.items()},
+        "sources": {source: {"ids": ids[source], "labels": items[0].label is not None,
+                             "instances": with_instances[source]} for source, items in frames.items()},
         "counts": {name: len(values) for name, values in splits.items()},
         "options": asdict(options),
         "notes": notes,

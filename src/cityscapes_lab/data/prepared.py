@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import DataError
 from .prepare import FORMAT
+from .rows import RowArray
 
 if TYPE_CHECKING:  # pragma: no cover
     from .torch_dataset import SegmentationDataset
@@ -18,12 +19,15 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @dataclass(frozen=True)
 class SplitArrays:
-    """One split in memory (or memory-mapped): images (N, H, W, 3) uint8 RGB, labels (N, H, W) uint8 or None."""
+    """One split: images (N, H, W, 3) uint8 RGB, labels (N, H, W) uint8 or None, and, where the source has
+    them, instance ids (N, H, W) uint16 (labelId*1000+k, for iIoU). Each is an ndarray or a ``RowArray`` that
+    reads rows when indexed (``np.asarray`` reads all)."""
 
     name: str
     ids: list[str]
-    images: np.ndarray
-    labels: np.ndarray | None
+    images: np.ndarray | RowArray
+    labels: np.ndarray | RowArray | None
+    instances: np.ndarray | RowArray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -32,8 +36,8 @@ class SplitArrays:
 class PreparedData:
     """A prepared folder (see ``data.prepare``): metadata, split lists and pixel arrays.
 
-    Arrays are memory-mapped by default: opening is instant and pages are read on first use. ``in_memory=True``
-    reads every array into RAM at once.
+    By default the arrays are read on demand (``RowArray``: rows are read when indexed, the file stays in the
+    operating system's cache); ``in_memory=True`` reads every array into RAM at once.
     """
 
     def __init__(self, root: Path, in_memory: bool = False):
@@ -56,9 +60,9 @@ class PreparedData:
         self._in_memory = in_memory
         if in_memory:
             for source, info in self.meta["sources"].items():
-                self._array(source, "images")
-                if info["labels"]:
-                    self._array(source, "labels")
+                for kind in ("images", "labels", "instances"):
+                    if kind == "images" or info.get(kind):
+                        self._array(source, kind)
 
     # --- metadata -----------------------------------------------------------------------------------------------
     @property
@@ -88,12 +92,12 @@ class PreparedData:
         return f"PreparedData({self.root}, protocol={self.protocol}, size={self.size}, {counts})"
 
     # --- pixels -------------------------------------------------------------------------------------------------
-    def _array(self, source: str, kind: str) -> np.ndarray:
+    def _array(self, source: str, kind: str) -> np.ndarray | RowArray:
         key = (source, kind)
         if key not in self._arrays:
             path = self.root / "arrays" / f"{source}.{kind}.npy"
             try:
-                self._arrays[key] = np.load(path, mmap_mode=None if self._in_memory else "r")
+                self._arrays[key] = np.load(path) if self._in_memory else RowArray(path)
             except (OSError, ValueError) as exc:
                 raise DataError(f"{path}: unreadable ({exc}); prepare the folder again with --force") from None
         return self._arrays[key]
@@ -110,10 +114,15 @@ class PreparedData:
         rows = np.array([self._where[i][1] for i in ids], dtype=np.int64)
         has_labels = self.meta["sources"][source]["labels"]
         whole = len(rows) == len(self.meta["sources"][source]["ids"]) and bool(np.all(rows == np.arange(len(rows))))
-        pick = (lambda array: array) if whole else (lambda array: array[rows])
+        def pick(array):
+            if whole:
+                return array
+            return array.subset(rows) if isinstance(array, RowArray) else array[rows]
+
         images = pick(self._array(source, "images"))
         label_array = pick(self._array(source, "labels")) if has_labels else None
-        return SplitArrays(name, list(ids), images, label_array)
+        instances = pick(self._array(source, "instances")) if self.meta["sources"][source].get("instances") else None
+        return SplitArrays(name, list(ids), images, label_array, instances)
 
     def dataset(self, name: str) -> SegmentationDataset:
         """A PyTorch ``Dataset`` of a split: items are (image (3, H, W) uint8, label (H, W) int64)."""

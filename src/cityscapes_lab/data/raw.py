@@ -17,8 +17,8 @@ from pathlib import Path
 
 from ..errors import DataError
 from . import png
-from .layout import (COARSE_FOLDER, FINE_FOLDER, IMAGE_FOLDER, OFFICIAL_COUNTS, FrameId, find_frame_id,
-                     label_path)
+from .layout import (COARSE_FOLDER, FINE_FOLDER, IMAGE_FOLDER, OFFICIAL_COUNTS, FrameId, annotation_path,
+                     find_frame_id, label_path)
 
 TOP_FOLDERS = (IMAGE_FOLDER, FINE_FOLDER, COARSE_FOLDER)
 _IMAGE_NAME = re.compile(r"^leftImg8bit/([^/]+)/([^/]+)/([^/]+)_leftImg8bit\.png$")
@@ -126,6 +126,7 @@ class RawFrame:
     frame: FrameId
     image: str
     label: str | None
+    instance: str | None = None  # *_instanceIds.png, where the download has it
 
 
 def _check_png(index: RawIndex, relpath: str, kind: str) -> png.PngHeader:
@@ -194,13 +195,15 @@ def _scan_split(index: RawIndex, split: str, folder: str | None) -> list[RawFram
         if frame is None or str(frame) != match[3]:
             raise DataError(f"{index.describe(rel)}: not named <city>_<seq>_<frame>_leftImg8bit.png; rename or "
                             "remove it")
-        label = None
+        label = instance = None
         if folder is not None:
             label = label_path(split, frame, folder)
             if label not in index.files:
                 raise DataError(f"{index.describe(rel)}: has no {label}; extract the {folder} annotations beside "
                                 "the images, or remove this image")
-        result.append(RawFrame(split, frame, rel, label))
+            instance = annotation_path(split, frame, "instanceIds.png", folder)
+            instance = instance if instance in index.files else None
+        result.append(RawFrame(split, frame, rel, label, instance))
     return sorted(result, key=lambda item: str(item.frame))
 
 

@@ -1,0 +1,179 @@
+"""Training step of the study's U-Net (batch 32, 416x208, 35 classes, AdamW): images per second.
+
+Side by side in one run: a plain PyTorch port (NCHW, F.cross_entropy), cityscapes-lab's step (channels-last
+end to end, the blocked cross-entropy), compiled, and with bf16 autocast; the study's own Keras model when a
+Python with tensorflow-cpu is given (--keras-python, e.g. a venv from requirements-peer.txt); on a GPU, bf16 and
+peak GPU memory. --memory also measures the peak memory of whole paper-protocol trainings at the study's sizes.
+
+    python benchmarks/train_step.py [--steps 5] [--keras-python .venv-peer/bin/python] [--memory]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from results import markdown_table, record  # noqa: E402
+
+from cityscapes_lab.engine.losses import pixel_cross_entropy  # noqa: E402
+from cityscapes_lab.engine.optim import DecoupledAdamW  # noqa: E402
+from cityscapes_lab.models import build_model  # noqa: E402
+
+VARIANTS = {  # name -> (channels_last, our loss, compile, autocast dtype)
+    "plain PyTorch port (NCHW, F.cross_entropy)": (False, False, False, None),
+    "cityscapes-lab, fp32 (channels-last, blocked loss)": (True, True, False, None),
+    "cityscapes-lab, fp32, torch.compile": (True, True, True, None),
+    "cityscapes-lab, bf16 autocast (opt-in)": (True, True, False, torch.bfloat16),
+    "cityscapes-lab, bf16 autocast, torch.compile": (True, True, True, torch.bfloat16),
+}
+
+
+def step_speed(alpha: float, batch: int, steps: int, device: torch.device, channels_last: bool, our_loss: bool,
+               compiled: bool, dtype: torch.dtype | None) -> tuple[float, float]:
+    """(images per second, peak GPU memory in GiB or NaN) of full training steps, median of ``steps``."""
+    torch.manual_seed(0)
+    model = build_model("unet_paper", num_classes=35, alpha=alpha).to(device)
+    images = torch.randint(0, 256, (batch, 208, 416, 3), dtype=torch.uint8, device=device).permute(0, 3, 1, 2)
+    target = torch.randint(0, 35, (batch, 208, 416), device=device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    else:
+        images = images.contiguous()
+    optimizer = DecoupledAdamW(model.parameters(), lr=0.003, decay=1e-4)
+    forward = torch.compile(model) if compiled else model
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = forward(images)
+        loss = pixel_cross_entropy(logits.float(), target) if our_loss else F.cross_entropy(logits.float(), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(2):  # warm-up (and compilation)
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    return batch / statistics.median(times), peak
+
+
+def keras_speed(python: str, alpha: float, batch: int, steps: int) -> float | None:
+    script = Path(__file__).with_name("keras_peer.py")
+    result = subprocess.run([python, str(script), "--alpha", str(alpha), "--batch", str(batch), "--steps",
+                             str(steps), "--threads", str(torch.get_num_threads())], capture_output=True, text=True)
+    if result.returncode != 0:
+        print(f"keras peer failed: {result.stderr[-500:]}", file=sys.stderr)
+        return None
+    return json.loads(result.stdout.strip().splitlines()[-1])["images_per_s"]
+
+
+MEMORY_SCRIPT = """
+import resource, sys
+from cityscapes_lab.study.tasks import TrainingTask, execute
+task = TrainingTask(key="memory", seed=0, train=dict(epochs=1, steps_per_epoch=3, threads=0), data=sys.argv[1],
+                    train_set=sys.argv[2], out_dir=sys.argv[3], show_progress=False)
+result = execute(task)
+assert result.status == "done", result
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)  # peak resident set, GiB
+"""
+
+
+def fake_paper_data(root: Path, train: int = 2975, val: int = 500) -> Path:
+    """A paper-protocol folder of the study's sizes with random pixels (memory depends on shapes only)."""
+    from cityscapes_lab import atomic
+    from cityscapes_lab.data.prepare import FORMAT, PrepareOptions, make_splits
+
+    rng = np.random.default_rng(0)
+    ids = {"train": [f"aachen_{i:06d}_000019" for i in range(train)],
+           "val": [f"frankfurt_{i:06d}_000019" for i in range(val)]}
+    (root / "arrays").mkdir(parents=True)
+    for source, names in ids.items():
+        images = np.lib.format.open_memmap(root / "arrays" / f"{source}.images.npy", "w+", np.uint8,
+                                           (len(names), 208, 416, 3))
+        labels = np.lib.format.open_memmap(root / "arrays" / f"{source}.labels.npy", "w+", np.uint8,
+                                           (len(names), 208, 416))
+        for start in range(0, len(names), 256):
+            stop = min(start + 256, len(names))
+            images[start:stop] = rng.integers(0, 256, (stop - start, 208, 416, 3), dtype=np.uint8)
+            labels[start:stop] = rng.integers(0, 35, (stop - start, 208, 416), dtype=np.uint8)
+        images.flush()
+        labels.flush()
+    splits = make_splits(PrepareOptions(protocol="paper"), ids)
+    atomic.write_json(root / "splits.json", splits)
+    atomic.write_json(root / "meta.json", {
+        "format": FORMAT, "protocol": "paper", "label_scheme": "paper35", "num_classes": 35, "ignore_index": None,
+        "size": [416, 208], "source": {"path": str(root), "kind": "folders", "stand_in": True,
+                                       "original_size": [2048, 1024]},
+        "sources": {s: {"ids": n, "labels": True, "instances": False} for s, n in ids.items()},
+        "counts": {k: len(v) for k, v in splits.items()}})
+    return root
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--alphas", default="1,2")
+    parser.add_argument("--keras-python", default=None, help="a Python with tensorflow-cpu for the Keras peer")
+    parser.add_argument("--skip-compile", action="store_true")
+    parser.add_argument("--memory", action="store_true", help="also measure peak memory of whole trainings")
+    parser.add_argument("--memory-only", action="store_true", help="only measure the memory of whole trainings")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    rows, notes = [], []
+    for alpha in ([] if args.memory_only else [float(a) for a in args.alphas.split(",")]):
+        keras = keras_speed(args.keras_python, alpha, args.batch, args.steps) if args.keras_python else None
+        reference = keras
+        if keras is not None:
+            rows.append([f"study's Keras model (tensorflow-cpu, fp32)", alpha, f"{keras:.2f}", "1.00x", "-"])
+        for name, (channels_last, our_loss, compiled, dtype) in VARIANTS.items():
+            if compiled and args.skip_compile:
+                continue
+            speed, peak = step_speed(alpha, args.batch, args.steps, device, channels_last, our_loss, compiled, dtype)
+            reference = reference or speed
+            rows.append([name, alpha, f"{speed:.2f}", f"{speed / reference:.2f}x",
+                         "-" if np.isnan(peak) else f"{peak:.2f}"])
+            print(rows[-1], flush=True)
+    notes.append(f"{device.type}, batch {args.batch}, 416x208, 35 classes, AdamW; median of {args.steps} steps "
+                 "after 2 warm-up steps; ratios against the Keras model where measured, else the plain port.")
+    if args.memory or args.memory_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            data = fake_paper_data(Path(tmp) / "data")
+            for split in ("train_labeled", "train_full"):
+                out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(data), split, str(Path(tmp) / split)],
+                                     capture_output=True, text=True)
+                peak = float(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else float("nan")
+                count = json.loads((data / "meta.json").read_text())["counts"][split]
+                notes.append(f"peak memory (peak resident set) of a whole paper-protocol training task on {split} "
+                             f"({count} images at 416x208, batch 32, fp32, default settings: 3 steps, validation on "
+                             f"250 images, then scoring of val, test and train_unlabeled): {peak:.2f} GiB")
+    title = "memory of whole paper-protocol trainings" if args.memory_only else \
+        f"train_step: the study's U-Net, one training step ({device.type})"
+    record(title, markdown_table(["implementation", "alpha", "images/s", "ratio", "peak GPU GiB"], rows)
+           if rows else "", notes)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""Every setting of a study in one place: typed defaults with their source, loaded from a TOML file plus
+``--set section.key=value`` overrides, validated, printable (``cityscapes-lab config show``).
+
+Defaults are the study's (paper-protocol notes; "config.ini X" names the study's key). Nothing here reads a file or
+the environment at import; ``load_config`` does, when called.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+def setting(default: Any, help: str) -> Any:  # noqa: A002 - the natural name
+    """A config field with its one-line description (shown by ``config show``)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: default, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run of a segmentation network (notes 2.2)."""
+
+    model: str = setting("unet_paper", "registry name of the network")
+    alpha: float = setting(1.0, "width multiplier of the U-Net (config.ini ALPHA)")
+    epochs: int = setting(50, "epochs (config.ini NUM_EPOCHS)")
+    batch_size: int = setting(32, "images per step (config.ini BATCH_SIZE)")
+    steps_per_epoch: int = setting(0, "steps per epoch; 0 = N // batch_size, the study's rule")
+    lr: float = setting(0.003, "learning rate, constant (config.ini LR)")
+    weight_decay: float = setting(1e-4, "decoupled decay per step, p <- p - wd*p, not scaled by lr (config.ini WD)")
+    adam_eps: float = setting(1e-7, "Adam epsilon (the Keras default)")
+    precision: str = setting("auto", "auto (bf16 autocast on a GPU, fp32 on the CPU), fp32, bf16 or fp16")
+    channels_last: bool = setting(True, "channels-last memory layout (faster convolutions)")
+    compile: bool = setting(False, "torch.compile the model (slow first step, faster after)")
+    recompute: str = setting("auto", "recompute activations in the backward pass: half the memory, ~10% more time; "
+                                     "auto = on for the CPU, off for a GPU; or on, off")
+    eval_batch_size: int = setting(16, "images per forward pass when predicting (does not change results)")
+    threads: int = setting(0, "CPU threads for torch; 0 = all cores of this process")
+    device: str = setting("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N")
+
+    def __post_init__(self) -> None:
+        _check(self.alpha > 0, "train.alpha", "must be > 0")
+        _check(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        _check(self.steps_per_epoch >= 0, "train.steps_per_epoch", "must be >= 0")
+        _check(self.lr > 0, "train.lr", "must be > 0")
+        _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _check(self.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision",
+               "must be auto, fp32, bf16 or fp16")
+        _check(self.recompute in ("auto", "on", "off"), "train.recompute", "must be auto, on or off")
+        _check(self.eval_batch_size >= 1, "train.eval_batch_size", "must be >= 1")
+        _check(self.threads >= 0, "train.threads", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """The study's offline augmentation that makes the ALDT set (notes 4)."""
+
+    copies: int = setting(9, "augmented copies per labeled image")
+    contrast: list = setting([0.6, 1.4], "range of the brightness factor alpha (convertScaleAbs)")
+    brightness: list = setting([-15.0, 15.0], "range of the brightness offset beta")
+    max_blur: int = setting(1, "largest Gaussian blur radius r (kernel 2r+1), drawn from 0..max_blur")
+    max_noise: int = setting(15, "integer noise in [-max_noise, max_noise-1] per pixel and channel")
+
+    def __post_init__(self) -> None:
+        _check(self.copies >= 1, "aldt.copies", "must be >= 1")
+        for key in ("contrast", "brightness"):
+            value = getattr(self, key)
+            _check(isinstance(value, list) and len(value) == 2 and value[0] <= value[1], f"aldt.{key}",
+                   "must be [low, high] with low <= high")
+        _check(self.max_blur >= 0 and self.max_noise >= 0, "aldt.max_blur/max_noise", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """How many models, which seeds, what is evaluated and kept."""
+
+    runs: int = setting(3, "independent runs of every approach")
+    models: int = setting(10, "models per baseline group (FDT, LDT, ALDT)")
+    top_k: int = setting(4, "best models of a group kept as named checkpoints (config.ini TOP_Ks)")
+    seed: int = setting(0, "base of every derived seed (model init, data order, augmentation)")
+    eval_splits: list = setting(["val", "test", "train_unlabeled"], "splits every trained model is scored on")
+    full_resolution: bool = setting(False, "also score official metrics at the original resolution (slow)")
+    save_predictions: bool = setting(False, "write predictions as official-format labelId PNGs")
+
+    def __post_init__(self) -> None:
+        _check(self.runs >= 1, "study.runs", "must be >= 1")
+        _check(self.models >= 1, "study.models", "must be >= 1")
+        _check(self.top_k >= 1, "study.top_k", "must be >= 1")
+        _check(isinstance(self.eval_splits, list) and "val" in self.eval_splits, "study.eval_splits",
+               "must be a list that includes val")
+
+
+@dataclass(frozen=True)
+class Config:
+    train: TrainConfig = field(default_factory=TrainConfig)
+    aldt: AugmentConfig = field(default_factory=AugmentConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """A short hash of every setting: the identity of a study's configuration."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} {message}")
+
+
+def _sections() -> dict[str, type]:
+    return {f.name: f.default_factory().__class__ for f in fields(Config)}
+
+
+def _parse_value(key: str, text: str, kind: Any) -> Any:
+    """A command-line value for a field of type ``kind``."""
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text.lower() in ("true", "1", "yes")
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return float(text)
+        if kind is list:
+            value = json.loads(text) if text.strip().startswith("[") else [v.strip() for v in text.split(",") if v.strip()]
+            return [_number_or_text(v) for v in value]
+        return text
+    except (ValueError, json.JSONDecodeError):
+        raise ConfigError(f"{key}={text!r}: expected {getattr(kind, '__name__', kind)}") from None
+
+
+def _number_or_text(value: Any) -> Any:
+    if isinstance(value, str):
+        for cast in (int, float):
+            try:
+                return cast(value)
+            except ValueError:
+                pass
+    return value
+
+
+def _apply(config: Config, updates: dict[str, dict[str, Any]], source: str) -> Config:
+    sections = _sections()
+    for section, values in updates.items():
+        if section not in sections:
+            raise ConfigError(f"{source}: unknown section [{section}]; sections are: {', '.join(sections)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: [{section}] must be a table of settings")
+        current = getattr(config, section)
+        hints = typing.get_type_hints(type(current))
+        known = {f.name for f in fields(current)}
+        changes = {}
+        for key, value in values.items():
+            if key not in known:
+                raise ConfigError(f"{source}: unknown setting {section}.{key}; {section} has: {', '.join(sorted(known))}")
+            kind = hints[key]
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not (isinstance(value, kind) and not (kind is int and isinstance(value, bool))):
+                raise ConfigError(f"{source}: {section}.{key} = {value!r} is not a {kind.__name__}")
+            changes[key] = value
+        config = dataclasses.replace(config, **{section: dataclasses.replace(current, **changes)})
+    return config
+
+
+def load_config(path: Path | None = None, overrides: list[str] = (), base: Config | None = None) -> Config:
+    """Defaults (or ``base``), then the TOML file ``path``, then ``section.key=value`` overrides; validated."""
+    config = base or Config()
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the config file ({exc.strerror}); check the path") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc}); fix the file") from None
+        config = _apply(config, data, str(path))
+    updates: dict[str, dict[str, Any]] = {}
+    for item in overrides:
+        name, sep, text = item.partition("=")
+        section, dot, key = name.strip().partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.epochs=5")
+        sections = _sections()
+        if section not in sections:
+            raise ConfigError(f"--set {item!r}: unknown section {section!r}; sections are: {', '.join(sections)}")
+        hints = typing.get_type_hints(sections[section])
+        if key not in hints:
+            known = ", ".join(sorted(f.name for f in fields(sections[section])))
+            raise ConfigError(f"--set {item!r}: unknown setting {section}.{key}; {section} has: {known}")
+        updates.setdefault(section, {})[key] = _parse_value(name, text.strip(), hints[key])
+    return _apply(config, updates, "--set")
+
+
+def format_config(config: Config) -> str:
+    """TOML text of every setting with its description: ``config show``; loadable by ``load_config``."""
+    lines = [f"# cityscapes-lab configuration (digest {config.digest()})"]
+    for section in fields(config):
+        lines.append(f"\n[{section.name}]")
+        value = getattr(config, section.name)
+        for f in fields(value):
+            lines.append(f"{f.name} = {json.dumps(getattr(value, f.name))}  # {f.metadata.get('help', '')}")
+    return "\n".join(lines) + "\n"

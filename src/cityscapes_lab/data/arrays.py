@@ -1,0 +1,51 @@
+"""Saving and loading a set of (id, image, label) arrays as a folder: derived training sets (the ALDT set,
+pseudo-labelled sets) are kept in the prepared-array format, not as PNGs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from .. import atomic
+from ..errors import DataError
+from .prepared import SplitArrays
+from .rows import RowArray
+
+
+def save_arrays(folder: Path, arrays: SplitArrays, extra: dict | None = None) -> None:
+    """Write ``folder/{images,labels}.npy`` and ``ids.json`` under a temporary name, then rename."""
+    folder = Path(folder)
+    partial = atomic.partial_path(folder)
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    np.save(partial / "images.npy", np.ascontiguousarray(arrays.images))
+    if arrays.labels is not None:
+        np.save(partial / "labels.npy", np.ascontiguousarray(arrays.labels))
+    for name, values in (extra or {}).items():
+        np.save(partial / f"{name}.npy", np.ascontiguousarray(values))
+    atomic.write_json(partial / "ids.json", {"name": arrays.name, "ids": list(arrays.ids)})
+    atomic.publish_folder(partial, folder)
+
+
+def load_arrays(folder: Path, lazy: bool = True) -> SplitArrays:
+    """Read a folder written by ``save_arrays`` (rows read on demand by default, see ``RowArray``)."""
+    folder = Path(folder)
+    read = RowArray if lazy else np.load
+    try:
+        info = json.loads((folder / "ids.json").read_text())
+        images = read(folder / "images.npy")
+        labels_path = folder / "labels.npy"
+        labels = read(labels_path) if labels_path.exists() else None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{folder}: not a readable array set ({exc}); delete it to have it rebuilt") from None
+    return SplitArrays(info["name"], info["ids"], images, labels)
+
+
+def load_extra(folder: Path, name: str) -> RowArray | None:
+    """An extra array saved beside the images (e.g. inconsistency masks), or None."""
+    path = Path(folder) / f"{name}.npy"
+    return RowArray(path) if path.exists() else None

@@ -1,0 +1,1 @@
+"""Training and inference: the optimizer, the loss, the loop, checkpoints."""

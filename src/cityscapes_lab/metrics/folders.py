@@ -1,0 +1,141 @@
+"""``cityscapes-lab evaluate``: official scores of prediction PNGs against a ground-truth folder.
+
+Inputs are as cityscapesscripts' evaluator expects them: the ground truth folder is searched for
+``*_gtFine_labelIds.png`` (and the ``*_gtFine_instanceIds.png`` beside them, for iIoU); the prediction folder
+holds labelId PNGs whose names contain ``<city>_<seq>_<frame>``. The scores equal the evaluator's; the work is
+a bincount per image instead of a sort, and runs over all cores.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..data import png
+from ..data.layout import find_frame_id
+from ..errors import DataError
+from ..labels import NUM_LABEL_IDS
+from ..parallel import default_workers, run_tasks
+from .official import ConfusionMatrix, InstanceStats, OfficialScores, official_scores
+
+CHUNK = 4
+
+
+@dataclass(frozen=True)
+class _Pairs:
+    items: tuple[tuple[str, str, str | None], ...]  # (prediction, labelIds, instanceIds or None)
+    labels_from_instances: bool = False  # read the labelIds out of the instance images (see below)
+
+
+def label_ids_from_instances(instance_ids: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """The labelIds an ``*_instanceIds.png`` holds: labelId*1000+k on instances, the labelId everywhere else
+    (the official tools draw both files from the same polygons). ``where``: flat indices of values >= 1000."""
+    label_ids = instance_ids.astype(np.uint8)  # exact below 1000, where the value is the labelId itself
+    label_ids.ravel()[where] = instance_ids.ravel().take(where) // 1000
+    return label_ids
+
+
+def _instance_pixels(instance_ids: np.ndarray) -> np.ndarray:
+    return np.flatnonzero(instance_ids >= 1000)
+
+
+def _read(path: str, what: str) -> np.ndarray:
+    try:
+        with open(path, "rb") as handle:
+            return png.decode(handle.read())
+    except (OSError, png.PngError) as exc:
+        raise DataError(f"{path}: cannot read this {what} ({exc}); replace the file") from None
+
+
+def _evaluate_pairs(task: _Pairs) -> tuple[ConfusionMatrix, InstanceStats | None]:
+    import cv2
+
+    cv2.setNumThreads(1)  # the pool already uses every core
+    confusion, instances = ConfusionMatrix(), InstanceStats()
+    use_instances = all(instance for _, _, instance in task.items)
+    for prediction_path, label_path, instance_path in task.items:
+        prediction = _read(prediction_path, "prediction")
+        instance_ids = _read(instance_path, "instance ground truth") if use_instances else None
+        where = _instance_pixels(instance_ids) if use_instances else None
+        if task.labels_from_instances:  # one PNG decoded instead of two
+            label = label_ids_from_instances(instance_ids, where)
+        else:
+            label = _read(label_path, "ground truth")
+        if prediction.ndim != 2:
+            raise DataError(f"{prediction_path}: has several channels; predictions are single-channel labelId PNGs")
+        if prediction.shape != label.shape:
+            raise DataError(f"{prediction_path}: is {prediction.shape[1]}x{prediction.shape[0]} but its ground truth "
+                            f"is {label.shape[1]}x{label.shape[0]}; predict at the ground truth's size")
+        try:
+            confusion.add(prediction, label)
+        except ValueError:  # a value beyond the labelIds: name the file
+            path, what, array = next(item for item in ((prediction_path, "prediction", prediction),
+                                                       (label_path, "ground truth", label))
+                                     if int(item[2].max()) >= NUM_LABEL_IDS)
+            raise DataError(f"{path}: value {int(array.max())} is no Cityscapes labelId (0..33); write the {what} in "
+                            "labelIds (convert trainIds with cityscapes_lab.labels.TRAINID_TO_LABELID)") from None
+        if use_instances:
+            instances.add(prediction, instance_ids, where)
+    return confusion, instances if use_instances else None
+
+
+@dataclass(frozen=True)
+class FolderEvaluation:
+    scores: OfficialScores
+    images: int
+    with_instances: bool
+
+
+def match_predictions(pred_dir: Path, gt_dir: Path) -> list[tuple[str, str, str | None]]:
+    """(prediction, labelIds, instanceIds or None) for every ground-truth image, sorted; DataError when a
+    prediction is missing or ambiguous."""
+    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    for folder, what in ((pred_dir, "--pred"), (gt_dir, "--gt")):
+        if not folder.is_dir():
+            raise DataError(f"{folder}: no such folder; pass {what} an existing folder")
+    labels = sorted(str(p) for p in gt_dir.rglob("*_gtFine_labelIds.png"))
+    if not labels:
+        raise DataError(f"{gt_dir}: holds no *_gtFine_labelIds.png files; pass --gt the gtFine/<split> folder")
+    predictions: dict[str, str] = {}
+    for root, _, names in os.walk(pred_dir):
+        for name in names:
+            frame = find_frame_id(name) if name.endswith(".png") else None
+            if frame is None:
+                continue
+            key = str(frame)
+            if key in predictions:
+                raise DataError(f"{os.path.join(root, name)}: a second prediction for {key} (also "
+                                f"{predictions[key]}); keep one prediction per image")
+            predictions[key] = os.path.join(root, name)
+    pairs = []
+    for label in labels:
+        key = str(find_frame_id(os.path.basename(label)))
+        if key not in predictions:
+            raise DataError(f"{pred_dir}: holds no prediction for {key} (ground truth {label}); predict every image")
+        instance = label.replace("_gtFine_labelIds.png", "_gtFine_instanceIds.png")
+        pairs.append((predictions[key], label, instance if os.path.exists(instance) else None))
+    return pairs
+
+
+def evaluate_folders(pred_dir: Path, gt_dir: Path, *, workers: int | None = None) -> FolderEvaluation:
+    """Official scores (IoU, iIoU, category IoU and iIoU) of every ground-truth image's prediction."""
+    pairs = match_predictions(pred_dir, gt_dir)
+    with_instances = all(instance for _, _, instance in pairs)
+    # The instance images repeat the labelIds; read them from there only if they agree with the labelIds files,
+    # checked on the first image (a folder whose two files disagree is read as the evaluator reads it).
+    if with_instances:
+        first = _read(pairs[0][2], "instance ground truth")
+        derived = label_ids_from_instances(first, _instance_pixels(first))
+    from_instances = with_instances and np.array_equal(derived, _read(pairs[0][1], "ground truth"))
+    chunks = [_Pairs(tuple(pairs[i:i + CHUNK]), from_instances) for i in range(0, len(pairs), CHUNK)]
+    confusion, instances = ConfusionMatrix(), InstanceStats()
+    for _, (part_confusion, part_instances) in run_tasks(_evaluate_pairs, chunks, workers=workers or default_workers(),
+                                                        desc="evaluate", units=lambda c: len(c.items)):
+        confusion.merge(part_confusion)
+        if part_instances is not None:
+            instances.merge(part_instances)
+    return FolderEvaluation(official_scores(confusion, instances if with_instances else None), len(pairs),
+                            with_instances)

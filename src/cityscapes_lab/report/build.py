@@ -1,0 +1,85 @@
+"""``cityscapes-lab report RUNS``: read the results database and write the report files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import atomic
+from ..data.prepared import load_prepared
+from ..engine.checkpoint import load_checkpoint
+from ..engine.loop import predict
+from ..errors import DataError
+from ..labels import PAPER_PALETTE, TRAINID_PALETTE
+from ..models import build_model
+from ..study.keys import GroupKey, StudyLayout
+from ..study.store import ResultStore
+from .figures import generation_figure, picture_panel
+from .tables import collect, csv_text, markdown
+
+STAND_IN_NOTE = ("Data: generated stand-ins in the Cityscapes format, not Cityscapes. These numbers show that the "
+                 "pipeline works and say nothing about Cityscapes.")
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    table_md: Path
+    table_csv: Path
+    figure: Path
+    panel: Path | None
+
+
+def _panel_models(store: ResultStore, layout: StudyLayout, limit: int = 4) -> dict[str, Path]:
+    """The top-1 checkpoint of run 1's last generation of each approach (baselines first), at most ``limit``."""
+    chosen: dict[str, tuple[GroupKey, Path]] = {}
+    for row in store.trainings():
+        group = GroupKey(row.approach, row.run, row.n, row.generation)
+        label = row.approach.upper() + (f" n={row.n}" if row.n else "")
+        top = layout.top(group, 1)
+        if row.run == 1 and top.exists() and (label not in chosen or group.generation > chosen[label][0].generation):
+            chosen[label] = (group, top)
+    return {label: path for label, (_, path) in list(chosen.items())[:limit]}
+
+
+def write_report(runs: Path, *, panel_images: int = 3) -> ReportFiles:
+    """Write ``report/results.md``, ``results.csv``, ``figure.png`` and ``panel.png`` into the study folder."""
+    layout = StudyLayout(Path(runs))
+    if not layout.database.exists():
+        raise DataError(f"{runs}: no results database ({layout.database.name}); run `cityscapes-lab study` first")
+    with ResultStore(layout.database) as store:
+        rows = collect(store)
+        stand_in = bool(store.get_meta("stand_in"))
+        data_dir = store.get_meta("data")
+        protocol = store.get_meta("protocol")
+        panel_models = _panel_models(store, layout)
+    if not rows:
+        raise DataError(f"{runs}: the study has no finished trainings yet; run `cityscapes-lab study` first")
+    layout.report.mkdir(parents=True, exist_ok=True)
+    note = STAND_IN_NOTE if stand_in else "Data: the Cityscapes download."
+    header = (f"# Results of {Path(runs).name}\n\nProtocol: {protocol}. {note}\n\n"
+              "Mean ± standard deviation over runs of each group's mean over its models; 'paper' columns use the "
+              "study's per-image metric (35 indices), 'official' columns the Cityscapes benchmark's 19-class "
+              "dataset-level scores at the prepared resolution.\n\n")
+    files = ReportFiles(layout.report / "results.md", layout.report / "results.csv", layout.report / "figure.png",
+                        layout.report / "panel.png" if panel_models else None)
+    atomic.write_text(files.table_md, header + markdown(rows))
+    atomic.write_text(files.table_csv, csv_text(rows))
+    title = f"{Path(runs).name}: {protocol} protocol" + (" (stand-in data, not Cityscapes)" if stand_in else "")
+    generation_figure(rows, files.figure, title)
+    if panel_models and data_dir:
+        data = load_prepared(data_dir)
+        split = data.split("test" if "test" in data.splits else "val")
+        count = min(panel_images, len(split))
+        images, truth = np.asarray(split.images[:count]), np.asarray(split.labels[:count])
+        predictions = {}
+        for label, path in panel_models.items():
+            saved = load_checkpoint(path)
+            model = build_model(saved["model_name"], saved["num_classes"], **saved["model_options"])
+            model.load_state_dict(saved["state_dict"])
+            predictions[label] = predict(model, images, 8, torch.device("cpu"))
+        palette = PAPER_PALETTE if data.protocol == "paper" else TRAINID_PALETTE
+        picture_panel(images, truth, predictions, palette, files.panel, title)
+    return files

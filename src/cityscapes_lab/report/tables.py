@@ -1,0 +1,133 @@
+"""The results table: approach x (n, generation), mean and standard deviation over runs, both metric families.
+
+A group's figure in one run is the mean over its trained models (every model of a group is an equal draw);
+the table gives the mean and standard deviation of that over runs, plus the run-mean of the group's top-1 model
+(best by val mIoU, as the study ranks)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..study.approaches import BASELINES
+from ..study.keys import GroupKey
+from ..study.store import ResultStore
+
+#: (column title, split, metric) of the table, in order
+COLUMNS = [
+    ("paper test mIoU", "test", "paper_miou"),
+    ("paper val mIoU", "val", "paper_miou"),
+    ("paper test mPA", "test", "paper_mpa"),
+    ("official test mIoU (19 cl.)", "test", "miou"),
+    ("official test iIoU", "test", "iiou"),
+    ("official val mIoU (19 cl.)", "val", "miou"),
+]
+
+
+@dataclass
+class TableRow:
+    approach: str
+    label: str
+    n: int
+    generation: int  # 0-based
+    runs: int
+    models: int
+    failed: int
+    mean: dict[str, float] = field(default_factory=dict)  # column title -> mean over runs
+    std: dict[str, float] = field(default_factory=dict)
+    top1: float = math.nan  # run-mean of the top-1 model's paper test mIoU
+    extra: dict[str, float] = field(default_factory=dict)  # group statistics (e.g. mean IM size)
+
+
+def label_of(approach: str) -> str:
+    return BASELINES[approach].label if approach in BASELINES else approach.upper()
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+
+
+def collect(store: ResultStore) -> list[TableRow]:
+    """One row per (approach, n, generation), ordered as the approaches were run."""
+    per_run: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    wanted = {(split, metric): title for title, split, metric in COLUMNS}
+    for approach, run, n, generation, _, split, metric, value in store.score_table({m for _, _, m in COLUMNS}):
+        title = wanted.get((split, metric))
+        if title is not None:
+            per_run[(approach, n, generation, run)][title].append(math.nan if value is None else value)
+    counts: dict[tuple, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    order: list[tuple] = []
+    for row in store.trainings():
+        group = (row.approach, row.n, row.generation)
+        if group not in order:
+            order.append(group)
+        counts[group][row.status] += 1
+    stats = defaultdict(dict)
+    for grp, split, metric, value in store.group_stats():
+        stats[grp][f"{split} {metric}"] = value
+    rows = []
+    for approach, n, generation in order:
+        runs = sorted({run for (a, nn, g, run) in per_run if (a, nn, g) == (approach, n, generation)})
+        row = TableRow(approach, label_of(approach), n, generation, len(runs), counts[(approach, n, generation)]["done"],
+                       counts[(approach, n, generation)]["failed"])
+        for title, _, _ in COLUMNS:
+            run_means = [_mean_std(per_run[(approach, n, generation, run)][title])[0] for run in runs]
+            row.mean[title], row.std[title] = _mean_std(run_means)
+        tops = []
+        for run in runs:
+            ranking = store.ranking(GroupKey(approach, run, n, generation))
+            if ranking:
+                tops.append(store.scores(ranking[0][0]).get("test", {}).get("paper_miou", math.nan))
+        row.top1 = _mean_std(tops)[0]
+        group_values: dict[str, list[float]] = defaultdict(list)
+        for run in runs:
+            for name, value in stats.get(str(GroupKey(approach, run, n, generation)), {}).items():
+                group_values[name].append(value)
+        row.extra = {name: _mean_std(values)[0] for name, values in group_values.items()}
+        rows.append(row)
+    canonical = list(BASELINES)  # baselines first, in their usual order; then the others as they were run
+    return sorted(rows, key=lambda r: (canonical.index(r.approach) if r.approach in canonical else len(canonical),
+                                       order.index((r.approach, r.n, r.generation))))
+
+
+def _fmt(mean: float, std: float | None = None) -> str:
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.3f}" if std is None or math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
+
+
+def markdown(rows: list[TableRow]) -> str:
+    extra_names = sorted({name for row in rows for name in row.extra})
+    header = (["approach", "n", "generation", "runs", "models"] + [title for title, _, _ in COLUMNS]
+              + ["top-1 paper test mIoU"] + extra_names)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in rows:
+        baseline = row.approach in BASELINES
+        cells = [row.label, str(row.n) if row.n else "-", "-" if baseline else str(row.generation + 1),
+                 str(row.runs), f"{row.models}" + (f" (+{row.failed} failed)" if row.failed else "")]
+        cells += [_fmt(row.mean[title], row.std[title]) for title, _, _ in COLUMNS]
+        cells += [_fmt(row.top1)] + [_fmt(row.extra.get(name, math.nan)) for name in extra_names]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(rows: list[TableRow]) -> str:
+    buffer = io.StringIO()
+    extra_names = sorted({name for row in rows for name in row.extra})
+    writer = csv.writer(buffer)
+    writer.writerow(["approach", "n", "generation", "runs", "models", "failed"]
+                    + [f"{title} {kind}" for title, _, _ in COLUMNS for kind in ("mean", "std")]
+                    + ["top-1 paper test mIoU"] + extra_names)
+    for row in rows:
+        writer.writerow([row.approach, row.n, row.generation + 1, row.runs, row.models, row.failed]
+                        + [f"{value:.6f}" for title, _, _ in COLUMNS for value in (row.mean[title], row.std[title])]
+                        + [f"{row.top1:.6f}"] + [f"{row.extra.get(name, math.nan):.6f}" for name in extra_names])
+    return buffer.getvalue()

@@ -1,0 +1,68 @@
+"""The identity of every training in a study, and the one place that turns identities into paths."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, order=True)
+class GroupKey:
+    """A group of models trained together and ranked together: one approach, run, teacher count n and
+    generation (baselines: n = 0, generation = 0)."""
+
+    approach: str
+    run: int
+    n: int = 0
+    generation: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.approach}/run{self.run}" + (f"/n{self.n}" if self.n else "") + f"/gen{self.generation}"
+
+
+@dataclass(frozen=True, order=True)
+class TrainingKey:
+    group: GroupKey
+    member: int  # 0-based index within the group
+
+    def __str__(self) -> str:
+        return f"{self.group}/m{self.member:02d}"
+
+
+def derive_seed(base: int, *parts: object) -> int:
+    """A 31-bit seed from the study seed and any identifying parts (stable across machines and versions)."""
+    digest = hashlib.sha256(repr((base,) + parts).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+@dataclass(frozen=True)
+class StudyLayout:
+    """Where everything of a study lives under its folder."""
+
+    root: Path
+
+    @property
+    def database(self) -> Path:
+        return self.root / "results.sqlite"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+    def training(self, key: TrainingKey) -> Path:
+        return self.root / "models" / str(key)
+
+    def group(self, group: GroupKey) -> Path:
+        return self.root / "models" / str(group)
+
+    def top(self, group: GroupKey, rank: int) -> Path:
+        """The checkpoint of a group's rank-th best model (1-based), kept by name."""
+        return self.group(group) / f"top{rank}.pt"
+
+    def dataset(self, name: str) -> Path:
+        """A derived training set (the ALDT set, pseudo-labelled sets), in the prepared-array format."""
+        return self.root / "datasets" / name
+
+    def predictions(self, key: TrainingKey, split: str) -> Path:
+        return self.root / "predictions" / str(key) / split

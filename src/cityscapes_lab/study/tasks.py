@@ -1,0 +1,136 @@
+"""A training as a self-contained task: everything it needs is in the task (paths, settings, seed), everything
+it makes is in its folder (checkpoint, curves, result). ``execute`` runs one anywhere: in this process now, on a
+cluster worker later. Rerun after a kill, it continues from its last epoch checkpoint; rerun after it finished,
+it returns the stored result."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import atomic
+from ..config import TrainConfig
+from ..data.arrays import load_arrays
+from ..data.prepared import PreparedData, SplitArrays, load_prepared
+from ..engine.checkpoint import save_checkpoint
+from ..engine.evaluate import score_full_resolution, score_split, write_predictions
+from ..engine.loop import TrainingDiverged, predict, resolve_device, resolve_precision, validation_soft_iou
+from ..engine.train import fit
+from ..models import build_model
+from ..parallel import default_workers
+
+
+@dataclass(frozen=True)
+class TrainingTask:
+    key: str  # the TrainingKey, as text
+    seed: int
+    train: dict  # TrainConfig fields
+    data: str  # prepared folder
+    train_set: str  # a split of the prepared folder, or the path of an array folder (derived sets)
+    out_dir: str
+    eval_splits: tuple[str, ...] = ("val", "test", "train_unlabeled")
+    full_resolution: bool = False
+    predictions_dir: str | None = None  # write official-format predictions of every eval split here
+    show_progress: bool = True
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    key: str
+    status: str  # done | failed
+    seconds: float
+    epochs: int = 0
+    best_epoch: int | None = None
+    checkpoint: str | None = None
+    error: str | None = None
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)  # split -> metric -> value
+
+
+def open_train_set(data: PreparedData, train_set: str) -> SplitArrays:
+    """A prepared split by name, or a derived array set by path."""
+    return data.split(train_set) if train_set in data.splits else load_arrays(Path(train_set))
+
+
+def _validator(val: SplitArrays, data: PreparedData, config: TrainConfig, device: torch.device):
+    precision = resolve_precision(config.precision, device)
+    if data.protocol == "paper":  # the study's soft IoU over all 35 classes, in batches of 32
+        return lambda model: validation_soft_iou(model, val.images, val.labels, data.num_classes,
+                                                 config.eval_batch_size, device, precision, config.channels_last)
+
+    def official_miou(model) -> float:
+        predictions = predict(model, val.images, config.eval_batch_size, device, precision, config.channels_last)
+        return score_split(predictions, val, data.protocol).official.miou
+
+    return official_miou
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    rows = [",".join(history[0])] + [",".join(f"{row[k]}" for k in history[0]) for row in history] if history else []
+    atomic.write_text(path, "\n".join(rows) + "\n")
+
+
+def execute(task: TrainingTask) -> TaskResult:
+    """Train, keep the best epoch, score it on every eval split; write ``best.pt``, ``history.csv`` and
+    ``result.json`` in ``task.out_dir``."""
+    out = Path(task.out_dir)
+    done = out / "result.json"
+    if done.exists():
+        return TaskResult(**json.loads(done.read_text()))
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    config = TrainConfig(**task.train)
+    torch.set_num_threads(config.threads or default_workers())
+    device = resolve_device(config.device)
+    data = load_prepared(task.data)
+    train_set, val = open_train_set(data, task.train_set), data.split("val")
+    torch.manual_seed(task.seed)
+    model = build_model(config.model, data.num_classes, alpha=config.alpha)
+    try:
+        result = fit(model, train_set, _validator(val, data, config, device), config, seed=task.seed,
+                     ignore_index=data.ignore_index, checkpoint=out / "last.pt", device=device, desc=task.key,
+                     show_progress=task.show_progress)
+    except TrainingDiverged as exc:
+        outcome = TaskResult(task.key, "failed", time.perf_counter() - start, error=str(exc))
+        atomic.write_json(done, asdict(outcome))
+        return outcome
+    model.load_state_dict(result.best_state)
+    checkpoint = out / "best.pt"
+    save_checkpoint(checkpoint, {
+        "model_name": config.model, "model_options": {"alpha": config.alpha}, "num_classes": data.num_classes,
+        "protocol": data.protocol, "state_dict": result.best_state, "best_epoch": result.best_epoch,
+        "val_score": result.best_score, "seed": task.seed, "key": task.key})
+    _write_history(out / "history.csv", result.history)
+    scores = score_model(model, data, task, config, device)
+    outcome = TaskResult(task.key, "done", time.perf_counter() - start, len(result.history), result.best_epoch,
+                         str(checkpoint), None, scores)
+    atomic.write_json(done, asdict(outcome))
+    (out / "last.pt").unlink(missing_ok=True)  # the finished result replaces the resume point
+    return outcome
+
+
+def score_model(model: torch.nn.Module, data: PreparedData, task: TrainingTask, config: TrainConfig,
+                device: torch.device) -> dict[str, dict[str, float]]:
+    """Both metric families on every eval split the prepared data has (splits without labels are skipped)."""
+    precision = resolve_precision(config.precision, device)
+    scores = {}
+    for name in task.eval_splits:
+        if name not in data.splits:
+            continue
+        split = data.split(name)
+        predictions = predict(model, split.images, config.eval_batch_size, device, precision, config.channels_last)
+        if task.predictions_dir:
+            write_predictions(Path(task.predictions_dir) / name, predictions, split.ids, data.protocol,
+                              tuple(data.meta["source"]["original_size"]))
+        if split.labels is None:
+            continue
+        result = score_split(predictions, split, data.protocol)
+        if task.full_resolution and data.meta["sources"].get("val") and set(split.ids) <= set(
+                data.meta["sources"]["val"]["ids"]):
+            full = score_full_resolution(predictions, split.ids, data.protocol, Path(data.meta["source"]["path"]))
+            result = type(result)(result.split, result.official, result.paper, full)
+        scores[name] = {k: float(v) for k, v in result.summary().items()}
+    return scores

@@ -1,0 +1,178 @@
+"""The study runner on tiny data: records, top-K, report, failures, settings checks, and resume after kill -9."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cityscapes_lab.config import load_config
+from cityscapes_lab.data.arrays import load_arrays
+from cityscapes_lab.errors import ConfigError
+from cityscapes_lab.report import write_report
+from cityscapes_lab.study import tasks as tasks_module
+from cityscapes_lab.study.approaches import augmented_set
+from cityscapes_lab.study.keys import GroupKey, StudyLayout
+from cityscapes_lab.study.runner import run_study
+from cityscapes_lab.study.store import ResultStore
+
+TINY = ["study.runs=1", "study.models=3", "study.top_k=2", "train.epochs=2", "train.batch_size=2",
+        "train.threads=1", "aldt.copies=2"]
+
+
+@pytest.fixture(scope="module")
+def finished_study(tiny_paper, tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "runs"
+    summary = run_study(tiny_paper, out, ["fdt", "ldt", "aldt"], load_config(overrides=TINY), show_progress=False)
+    assert (summary.trained, summary.skipped, summary.failed, summary.groups) == (9, 0, 0, 3)
+    return out
+
+
+def test_every_training_is_a_row_with_both_metric_families(finished_study):
+    with ResultStore(StudyLayout(finished_study).database) as store:
+        rows = store.trainings()
+        assert len(rows) == 9 and {r.status for r in rows} == {"done"}
+        assert {(r.approach, r.member) for r in rows} == {(a, m) for a in ("fdt", "ldt", "aldt") for m in range(3)}
+        assert len({r.seed for r in rows}) == 9 and len({r.config_hash for r in rows}) == 1
+        for row in rows:
+            scores = store.scores(row.key)
+            assert set(scores) == {"val", "test", "train_unlabeled"}
+            for split in scores.values():
+                assert 0 <= split["paper_miou"] <= 1 and 0 <= split["paper_mpa"] <= 1 and 0 <= split["miou"] <= 1
+            assert "iiou" in scores["val"]  # val and test come from the official val split, with instance ids
+            assert row.seconds > 0 and row.epochs == 2 and Path(row.checkpoint).exists()
+
+
+def test_top_k_follows_the_val_ranking(finished_study):
+    layout = StudyLayout(finished_study)
+    with ResultStore(layout.database) as store:
+        for approach in ("fdt", "ldt", "aldt"):
+            group = GroupKey(approach, 1)
+            ranking = store.ranking(group)
+            assert len(ranking) == 3
+            val_scores = [store.scores(key)["val"]["paper_miou"] for key, _ in ranking]
+            assert val_scores == sorted(val_scores, reverse=True)
+            for rank in (1, 2):
+                top = layout.top(group, rank)
+                best = Path(layout.root / "models" / ranking[rank - 1][0] / "best.pt")
+                assert top.read_bytes() == best.read_bytes()
+            assert not layout.top(group, 3).exists()
+
+
+def test_training_curves_and_no_leftover_resume_points(finished_study):
+    for history in StudyLayout(finished_study).root.glob("models/*/run1/gen0/m*/history.csv"):
+        lines = history.read_text().splitlines()
+        assert lines[0] == "epoch,loss,val_score,seconds" and len(lines) == 3
+    assert not list(finished_study.glob("models/**/last.pt"))
+
+
+def test_report_files(finished_study):
+    files = write_report(finished_study)
+    table = files.table_md.read_text()
+    assert "stand-ins" in table and "| FDT |" in table and "| LDT |" in table and "| ALDT |" in table
+    assert files.table_csv.read_text().splitlines()[0].startswith("approach,n,generation,runs,models")
+    assert files.figure.stat().st_size > 10_000 and files.panel.stat().st_size > 10_000
+
+
+def test_rerun_redoes_nothing(finished_study, tiny_paper):
+    summary = run_study(tiny_paper, finished_study, ["fdt", "ldt", "aldt"], load_config(overrides=TINY),
+                        show_progress=False)
+    assert (summary.trained, summary.skipped) == (0, 9)
+
+
+def test_other_settings_or_approaches_are_refused(finished_study, tiny_paper):
+    with pytest.raises(ConfigError, match="started with other settings"):
+        run_study(tiny_paper, finished_study, ["ldt"], load_config(overrides=TINY + ["train.epochs=3"]),
+                  show_progress=False)
+    with pytest.raises(ConfigError, match="unknown approach xyz"):
+        run_study(tiny_paper, finished_study, ["xyz"], load_config(overrides=TINY), show_progress=False)
+
+
+def test_aldt_set_has_originals_then_copies(finished_study, tiny_paper):
+    aldt = load_arrays(StudyLayout(finished_study).dataset("aldt"))
+    assert len(aldt) == 4 * 3 and aldt.ids[4] == aldt.ids[0] + "_aug_0" and aldt.ids[5] == aldt.ids[0] + "_aug_1"
+    from cityscapes_lab import load_prepared
+
+    labeled = load_prepared(tiny_paper).split("train_labeled")
+    assert np.array_equal(aldt.images[:4], labeled.images)
+    again = augmented_set(labeled, load_config(overrides=TINY).aldt, 0)
+    assert np.array_equal(again.images, aldt.images)
+
+
+def test_a_diverging_training_is_marked_failed_and_the_study_goes_on(tiny_paper, tmp_path, monkeypatch):
+    original = tasks_module.fit
+
+    def diverge_for_member_1(model, train, validate, config, **kw):
+        if kw["desc"].endswith("m01"):
+            from cityscapes_lab.engine.loop import TrainingDiverged
+            raise TrainingDiverged("the training loss became nan in steps 0..1")
+        return original(model, train, validate, config, **kw)
+
+    monkeypatch.setattr(tasks_module, "fit", diverge_for_member_1)
+    summary = run_study(tiny_paper, tmp_path / "runs", ["ldt"], load_config(overrides=TINY), show_progress=False)
+    assert (summary.trained, summary.failed) == (3, 1)
+    with ResultStore(tmp_path / "runs" / "results.sqlite") as store:
+        statuses = {r.member: (r.status, r.error) for r in store.trainings()}
+        assert statuses[1] == ("failed", "the training loss became nan in steps 0..1")
+        assert statuses[0][0] == statuses[2][0] == "done"
+        assert [key.rsplit("/", 1)[1] for key, _ in store.ranking(GroupKey("ldt", 1))] in (["m00", "m02"],
+                                                                                          ["m02", "m00"])
+
+
+KILL_AFTER_EPOCH_SAVES = """
+import os, signal, sys
+import cityscapes_lab.engine.train as train
+saves = 0
+original = train.save_checkpoint
+def save_then_maybe_die(path, content):
+    global saves
+    original(path, content)
+    saves += 1
+    if saves == {kill_after}:
+        os.kill(os.getpid(), signal.SIGKILL)
+train.save_checkpoint = save_then_maybe_die
+from cityscapes_lab.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_kill_minus_9_in_the_middle_of_a_training_then_resume(tiny_paper, tmp_path):
+    """Killed after the 2nd epoch of the 2nd training (of 2 with 3 epochs each), the same command continues:
+    the finished training is not redone, the killed one resumes at epoch 3, and every score equals an
+    uninterrupted study's."""
+    settings = TINY + ["study.models=2", "train.epochs=3"]
+    args = ["study", "--data", str(tiny_paper), "--approaches", "ldt"] + [x for s in settings for x in ("--set", s)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_EPOCH_SAVES.format(kill_after=5), *args,
+                             "--out", str(tmp_path / "killed")], env=env, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    layout = StudyLayout(tmp_path / "killed")
+    first, second = layout.root / "models/ldt/run1/gen0/m00", layout.root / "models/ldt/run1/gen0/m01"
+    assert (first / "result.json").exists() and not (second / "result.json").exists()
+    assert (second / "last.pt").exists()
+    finished_at = (first / "result.json").stat().st_mtime_ns
+    with ResultStore(layout.database) as store:
+        assert [r.status for r in store.trainings()] == ["done", "running"]
+
+    resumed = subprocess.run([sys.executable, "-m", "cityscapes_lab", *args, "--out", str(tmp_path / "killed")],
+                             env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "1 trainings run now, 1 already finished" in resumed.stdout
+    assert (first / "result.json").stat().st_mtime_ns == finished_at
+    history = (second / "history.csv").read_text().splitlines()
+    assert len(history) == 4  # epochs 1-2 from before the kill, epoch 3 after it
+
+    clean = subprocess.run([sys.executable, "-m", "cityscapes_lab", *args, "--out", str(tmp_path / "clean")],
+                           env=env, capture_output=True, text=True)
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    with ResultStore(layout.database) as a, ResultStore(tmp_path / "clean" / "results.sqlite") as b:
+        assert len(a.trainings()) == len(b.trainings()) == 2
+        for row in b.trainings():
+            ours, clean_scores = a.scores(row.key), b.scores(row.key)
+            assert set(ours) == set(clean_scores)
+            for split in ours:
+                assert ours[split] == pytest.approx(clean_scores[split], abs=1e-9, nan_ok=True)
+    assert json.loads((second / "result.json").read_text())["status"] == "done"

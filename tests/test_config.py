@@ -1,0 +1,74 @@
+"""Settings: defaults, files, overrides, errors, and `config show` round trips."""
+
+import pytest
+
+from cityscapes_lab.cli import main
+from cityscapes_lab.config import Config, format_config, load_config
+from cityscapes_lab.errors import ConfigError
+
+
+def test_defaults_are_the_studys():
+    config = Config()
+    assert (config.train.epochs, config.train.batch_size, config.train.lr, config.train.weight_decay) == (
+        50, 32, 0.003, 1e-4)
+    assert (config.study.runs, config.study.models, config.study.top_k) == (3, 10, 4)
+    assert config.aldt.copies == 9 and config.aldt.contrast == [0.6, 1.4]
+
+
+def test_file_then_overrides(tmp_path):
+    path = tmp_path / "settings.toml"
+    path.write_text("[train]\nepochs = 7\nlr = 1\n[study]\nruns = 2\n")
+    config = load_config(path, ["train.epochs=9", "aldt.contrast=0.9,1.1", "train.compile=true"])
+    assert config.train.epochs == 9 and config.train.lr == 1.0 and config.study.runs == 2
+    assert config.aldt.contrast == [0.9, 1.1] and config.train.compile is True
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.epoch=3", "unknown setting train.epoch"),
+    ("trian.epochs=3", "unknown section"),
+    ("train.epochs=abc", "expected int"),
+    ("train.epochs=0", "train.epochs must be >= 1"),
+    ("train.precision=fp8", "precision must be"),
+    ("epochs=3", "expected section.key=value"),
+    ("aldt.contrast=1.5,1.0", "low <= high"),
+])
+def test_bad_overrides(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=[override])
+
+
+def test_bad_files(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\nepochs = 3")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("[train]\nbatchsize = 3\n")
+    with pytest.raises(ConfigError, match="unknown setting train.batchsize"):
+        load_config(unknown)
+    wrong_type = tmp_path / "type.toml"
+    wrong_type.write_text('[train]\nepochs = "many"\n')
+    with pytest.raises(ConfigError, match="is not a int"):
+        load_config(wrong_type)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_config_show_round_trips(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["config", "show", "--set", "train.epochs=4", "--set", "study.eval_splits=val,test"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    assert "epochs = 4  # epochs (config.ini NUM_EPOCHS)" in text
+    saved = tmp_path / "shown.toml"
+    saved.write_text(text)
+    reloaded = load_config(saved)
+    assert reloaded == load_config(overrides=["train.epochs=4", "study.eval_splits=val,test"])
+    assert format_config(reloaded) == text
+
+
+def test_cli_refuses_a_bad_setting_in_one_line(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["config", "show", "--set", "train.lr=-1"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.strip() == "error: train.lr must be > 0"
