@@ -30,6 +30,18 @@ _EXPORTS = {
     "run_study": "study.runner",
     "write_report": "report",
     "evaluate_folders": "metrics.folders",
+    # the study's rules, as pure functions on arrays
+    "inconsistency_mask": "semisup.rules",
+    "ensemble_label": "semisup.rules",
+    "input_ensemble_inputs": "semisup.rules",
+    "generation_params": "semisup.rules",
+    "copies_for_score": "semisup.rules",
+    "evalnet_targets": "semisup.rules",
+    "evalnet_im_targets": "semisup.rules",
+    "evalnet_score": "semisup.rules",
+    "augment": "data.augment",
+    "augment_photometric": "data.augment",
+    "AugmentParams": "data.augment",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -39,6 +51,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .data.prepared import PreparedData, SplitArrays, load_prepared
     from .data.synth import SynthOptions, synthesize
     from .config import Config, load_config
+    from .data.augment import AugmentParams, augment, augment_photometric
+    from .semisup.rules import (copies_for_score, ensemble_label, evalnet_im_targets, evalnet_score,
+                                evalnet_targets, generation_params, inconsistency_mask, input_ensemble_inputs)
     from .errors import ConfigError, DataError, LabError
     from .metrics.folders import evaluate_folders
     from .models import build_model, list_models

@@ -47,7 +47,7 @@ class TrainConfig:
     channels_last: bool = setting(True, "channels-last memory layout (faster convolutions)")
     compile: bool = setting(False, "torch.compile the model (slow first step, faster after)")
     recompute: str = setting("auto", "recompute activations in the backward pass: half the memory, ~10% more time; "
-                                     "auto = on for the CPU, off for a GPU; or on, off")
+                                     "auto = on for the CPU with large batches (1M pixels and more); on; off")
     eval_batch_size: int = setting(16, "images per forward pass when predicting (does not change results)")
     threads: int = setting(0, "CPU threads for torch; 0 = all cores of this process")
     device: str = setting("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N")
@@ -106,10 +106,45 @@ class StudyConfig:
 
 
 @dataclass(frozen=True)
+class SemisupConfig:
+    """The semi-supervised approaches (notes 5): generations, students, teachers, thresholds, EvalNets."""
+
+    generations: int = setting(5, "generations of students (the study: 5, plotted as 1..5)")
+    students: int = setting(5, "students per group; consistency loss: repetitions per strength")
+    n: list = setting([], "restrict the teacher counts n of every approach (empty: each approach's study values)")
+    im_erode: int = setting(0, "IM erosion kernel (config.ini ERODE_KERNEL; 0 = off)")
+    im_dilate: int = setting(0, "IM dilation kernel (config.ini DILATE_KERNEL; 0 = off)")
+    block_input: bool = setting(True, "black out the input under the IM (config.ini BLOCK_INPUT)")
+    block_output: bool = setting(True, "label the IM as class 0 (config.ini BLOCK_OUTPUT)")
+    ie_cumulative: bool = setting(True, "input ensemble: each copy augments the previous one, no clean copy (study)")
+    threshold_low: float = setting(0.372, "EvalNet score thresholds (config.ini MIN_THRESHOLD: the study's ALDT "
+                                          "test mIoU)")
+    threshold_high: float = setting(0.453, "config.ini MAX_THRESHOLD: the study's FDT test mIoU")
+    evalnets: int = setting(5, "EvalNets trained per run")
+    evalnet_epochs: int = setting(50, "EvalNet epochs (config.ini NUM_EPOCHS_EVALNET)")
+    evalnet_train_loops: int = setting(10, "EvalNet-IM passes over the labeled images (config.ini NUM_LOOPS_TRAIN)")
+    evalnet_val_loops: int = setting(3, "EvalNet-IM passes over val (config.ini NUM_LOOPS_VAL)")
+    evalnet_val_models: int = setting(3, "EvalNet data: LDT and ALDT models that also predict on val")
+    cl_epochs: int = setting(100, "consistency-loss fine-tuning epochs (config.ini NUM_EPOCHS_CS)")
+    label_batch_size: int = setting(8, "images per teacher forward pass when pseudo-labelling")
+
+    def __post_init__(self) -> None:
+        _check(self.generations >= 1 and self.students >= 1, "semisup.generations/students", "must be >= 1")
+        _check(isinstance(self.n, list) and all(isinstance(v, int) and v >= 1 for v in self.n), "semisup.n",
+               "must be a list of positive integers")
+        _check(0 <= self.threshold_low <= self.threshold_high <= 1, "semisup.threshold_low/high",
+               "must satisfy 0 <= low <= high <= 1")
+        _check(self.evalnets >= 1 and self.evalnet_epochs >= 1, "semisup.evalnets/evalnet_epochs", "must be >= 1")
+        _check(self.cl_epochs >= 1 and self.label_batch_size >= 1, "semisup.cl_epochs/label_batch_size",
+               "must be >= 1")
+
+
+@dataclass(frozen=True)
 class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     aldt: AugmentConfig = field(default_factory=AugmentConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
+    semisup: SemisupConfig = field(default_factory=SemisupConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)

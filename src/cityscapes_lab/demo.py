@@ -1,7 +1,7 @@
 """The demo: the whole pipeline at reduced sizes on generated stand-in data, in minutes on a 2-core CPU.
 
-Generate stand-in frames, prepare them with the paper protocol, run the baselines (FDT, LDT, ALDT) with small
-groups and short trainings, and write the report. Each step skips what is already complete, so an interrupted
+Generate stand-in frames, prepare them with the paper protocol, run the baselines (FDT, LDT, ALDT) and two
+generations of IM and IM+ with small groups and short trainings, and write the report. Each step skips what is already complete, so an interrupted
 demo continues where it stopped.
 """
 
@@ -38,10 +38,10 @@ class DemoSettings:
     height: int = 256
     seed: int = 0
     labeled_fraction: float = 0.25
-    approaches: tuple[str, ...] = ("fdt", "ldt", "aldt")
+    approaches: tuple[str, ...] = ("fdt", "ldt", "aldt", "im", "im+")
     overrides: tuple[str, ...] = field(default=(
         "study.runs=1", "study.models=2", "study.top_k=2", "train.epochs=25", "train.batch_size=8",
-        "aldt.copies=4"))
+        "aldt.copies=4", "semisup.generations=2", "semisup.students=2", "semisup.n=2"))
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,9 @@ def run_demo(out: Path, settings: DemoSettings = DemoSettings(), *, workers: int
     prepare(raw, prepared, PrepareOptions(protocol="paper", labeled_fraction=settings.labeled_fraction),
             workers=workers)
     config = demo_config(settings)
-    log(f"3/4 training {', '.join(a.upper() for a in settings.approaches)} in {runs} "
-        f"({config.study.models} models per group, {config.train.epochs} epochs, {config.train.precision})")
+    log(f"3/4 training {', '.join(a.upper() for a in settings.approaches)} in {runs} ({config.study.models} models "
+        f"per group, {config.semisup.generations} generations of {config.semisup.students} students, "
+        f"{config.train.epochs} epochs, {config.train.precision})")
     run_study(prepared, runs, list(settings.approaches), config, log=log)
     log("4/4 writing the report")
     return DemoResult(raw, prepared, runs, write_report(runs))

@@ -45,6 +45,20 @@ def load_arrays(folder: Path, lazy: bool = True) -> SplitArrays:
     return SplitArrays(info["name"], info["ids"], images, labels)
 
 
+def save_named(folder: Path, ids: list[str], **arrays: np.ndarray) -> None:
+    """Write named arrays (one row per id) and ``ids.json`` as a folder, atomically; read them with
+    ``load_extra``."""
+    folder = Path(folder)
+    partial = atomic.partial_path(folder)
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    for name, values in arrays.items():
+        np.save(partial / f"{name}.npy", np.ascontiguousarray(values))
+    atomic.write_json(partial / "ids.json", {"name": folder.name, "ids": list(ids)})
+    atomic.publish_folder(partial, folder)
+
+
 def load_extra(folder: Path, name: str) -> RowArray | None:
     """An extra array saved beside the images (e.g. inconsistency masks), or None."""
     path = Path(folder) / f"{name}.npy"

@@ -20,6 +20,8 @@ from .loop import BatchStream, resolve_precision, train_steps
 from .losses import pixel_cross_entropy
 from .optim import DecoupledAdamW
 
+RECOMPUTE_PIXELS = 1_000_000  # pixels per batch from which train.recompute=auto recomputes on the CPU
+
 
 @dataclass(frozen=True)
 class FitResult:
@@ -42,8 +44,9 @@ def fit(model: nn.Module, train: SplitArrays, validate: Callable[[nn.Module], fl
     save_best_only). ``checkpoint`` is written after every epoch and resumed from when present.
     Raises loop.TrainingDiverged when the loss becomes NaN or infinite."""
     precision = resolve_precision(config.precision, device)
-    if hasattr(model, "recompute"):
-        model.recompute = config.recompute == "on" or (config.recompute == "auto" and device.type == "cpu")
+    if hasattr(model, "recompute"):  # auto: where activations are large (the study's batch: 32 x 416 x 208)
+        large = config.batch_size * train.images.shape[1] * train.images.shape[2] >= RECOMPUTE_PIXELS
+        model.recompute = config.recompute == "on" or (config.recompute == "auto" and device.type == "cpu" and large)
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)

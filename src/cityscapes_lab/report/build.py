@@ -18,7 +18,7 @@ from ..models import build_model
 from ..study.keys import GroupKey, StudyLayout
 from ..study.store import ResultStore
 from .figures import generation_figure, picture_panel
-from .tables import collect, csv_text, markdown
+from .tables import collect, csv_text, evalnet_markdown, is_helper, markdown, pseudo_label_markdown
 
 STAND_IN_NOTE = ("Data: generated stand-ins in the Cityscapes format, not Cityscapes. These numbers show that the "
                  "pipeline works and say nothing about Cityscapes.")
@@ -36,6 +36,8 @@ def _panel_models(store: ResultStore, layout: StudyLayout, limit: int = 4) -> di
     """The top-1 checkpoint of run 1's last generation of each approach (baselines first), at most ``limit``."""
     chosen: dict[str, tuple[GroupKey, Path]] = {}
     for row in store.trainings():
+        if is_helper(row.approach):
+            continue
         group = GroupKey(row.approach, row.run, row.n, row.generation)
         label = row.approach.upper() + (f" n={row.n}" if row.n else "")
         top = layout.top(group, 1)
@@ -55,6 +57,7 @@ def write_report(runs: Path, *, panel_images: int = 3) -> ReportFiles:
         data_dir = store.get_meta("data")
         protocol = store.get_meta("protocol")
         panel_models = _panel_models(store, layout)
+        evalnet_table = evalnet_markdown(store)
     if not rows:
         raise DataError(f"{runs}: the study has no finished trainings yet; run `cityscapes-lab study` first")
     layout.report.mkdir(parents=True, exist_ok=True)
@@ -65,7 +68,14 @@ def write_report(runs: Path, *, panel_images: int = 3) -> ReportFiles:
               "dataset-level scores at the prepared resolution.\n\n")
     files = ReportFiles(layout.report / "results.md", layout.report / "results.csv", layout.report / "figure.png",
                         layout.report / "panel.png" if panel_models else None)
-    atomic.write_text(files.table_md, header + markdown(rows))
+    body = header + markdown(rows)
+    pseudo_table = pseudo_label_markdown(rows)
+    if pseudo_table:
+        body += ("\n## Pseudo-labelled sets\n\nMeans over runs; IM sizes are the teachers' inconsistency masks "
+                 "(pixels, and share of the image) on each split.\n\n" + pseudo_table)
+    if evalnet_table:
+        body += "\n## EvalNets\n\n" + evalnet_table
+    atomic.write_text(files.table_md, body)
     atomic.write_text(files.table_csv, csv_text(rows))
     title = f"{Path(runs).name}: {protocol} protocol" + (" (stand-in data, not Cityscapes)" if stand_in else "")
     generation_figure(rows, files.figure, title)

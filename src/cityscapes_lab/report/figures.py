@@ -17,22 +17,31 @@ from .tables import TableRow  # noqa: E402
 METRIC = "paper test mIoU"
 
 
+def _has_generations(approach: str) -> bool:
+    from ..semisup.recipes import RECIPES
+
+    return approach not in RECIPES or RECIPES[approach].generations
+
+
 def generation_figure(rows: list[TableRow], path: Path, title: str) -> None:
     """mIoU (the study's per-image test mIoU) per generation, one line per approach (and n), baselines dashed."""
     figure, axis = plt.subplots(figsize=(8, 5), dpi=120)
     generations = max([row.generation + 1 for row in rows if row.approach not in BASELINES] + [1])
     xs = np.arange(1, max(generations, 2) + 1)
     colours = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4)
-    for row in rows:
-        if row.approach in BASELINES and not math.isnan(row.mean[METRIC]):
+    flat = [row for row in rows if row.approach in BASELINES or not _has_generations(row.approach)]
+    for row in flat:
+        if not math.isnan(row.mean[METRIC]):
             colour = next(colours)
-            axis.axhline(row.mean[METRIC], linestyle="--", color=colour, label=f"{row.label} (baseline)")
+            kind = "baseline" if row.approach in BASELINES else f"n={row.n}, no generations"
+            axis.axhline(row.mean[METRIC], linestyle="--" if row.approach in BASELINES else "-.", color=colour,
+                         label=f"{row.label} ({kind})")
             if row.std[METRIC] > 0:  # NaN (a single run) is not > 0
                 axis.axhspan(row.mean[METRIC] - row.std[METRIC], row.mean[METRIC] + row.std[METRIC], color=colour,
                              alpha=0.1)
     series: dict[str, list[TableRow]] = {}
     for row in rows:
-        if row.approach not in BASELINES:
+        if row not in flat:
             series.setdefault(f"{row.label}" + (f" n={row.n}" if row.n else ""), []).append(row)
     for name, points in series.items():
         points.sort(key=lambda r: r.generation)

@@ -44,8 +44,32 @@ class TableRow:
     extra: dict[str, float] = field(default_factory=dict)  # group statistics (e.g. mean IM size)
 
 
+def is_helper(approach: str) -> bool:
+    """Groups that are not segmentation models (the EvalNets of an approach: ``<approach>.nets``)."""
+    return approach.endswith(".nets")
+
+
 def label_of(approach: str) -> str:
-    return BASELINES[approach].label if approach in BASELINES else approach.upper()
+    from ..semisup.recipes import RECIPES
+
+    if approach in BASELINES:
+        return BASELINES[approach].label
+    return RECIPES[approach].label if approach in RECIPES else approach.upper()
+
+
+def evalnet_markdown(store: ResultStore) -> str:
+    """The EvalNets of the study: validation figures per run and network (empty when there are none)."""
+    lines = []
+    for row in store.trainings():
+        if not is_helper(row.approach) or row.status != "done":
+            continue
+        val = store.scores(row.key).get("val", {})
+        lines.append(f"| {row.approach[:-len('.nets')]} | {row.run} | {row.member} | {val.get('total_loss', math.nan):.4f} "
+                     f"| {val.get('iou_mae', math.nan):.4f} | {val.get('detection_accuracy', math.nan):.4f} |")
+    if not lines:
+        return ""
+    return ("| EvalNets of | run | net | val loss (MSE + BCE) | val IoU MAE | val detection accuracy |\n"
+            "|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n")
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -66,6 +90,8 @@ def collect(store: ResultStore) -> list[TableRow]:
     counts: dict[tuple, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     order: list[tuple] = []
     for row in store.trainings():
+        if is_helper(row.approach):
+            continue
         group = (row.approach, row.n, row.generation)
         if group not in order:
             order.append(group)
@@ -93,9 +119,11 @@ def collect(store: ResultStore) -> list[TableRow]:
                 group_values[name].append(value)
         row.extra = {name: _mean_std(values)[0] for name, values in group_values.items()}
         rows.append(row)
-    canonical = list(BASELINES)  # baselines first, in their usual order; then the others as they were run
+    from ..semisup.recipes import RECIPES
+
+    canonical = list(BASELINES) + list(RECIPES)  # baselines first, then the study's order of approaches
     return sorted(rows, key=lambda r: (canonical.index(r.approach) if r.approach in canonical else len(canonical),
-                                       order.index((r.approach, r.n, r.generation))))
+                                       r.n, r.generation))
 
 
 def _fmt(mean: float, std: float | None = None) -> str:
@@ -104,18 +132,38 @@ def _fmt(mean: float, std: float | None = None) -> str:
     return f"{mean:.3f}" if std is None or math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
 
 
+IM_SHARE = "train_unlabeled mean_im_share"
+
+
 def markdown(rows: list[TableRow]) -> str:
-    extra_names = sorted({name for row in rows for name in row.extra})
+    """The results table; for the IM family also the mean inconsistency-mask size on the unlabeled images."""
+    with_im = any(IM_SHARE in row.extra for row in rows)
     header = (["approach", "n", "generation", "runs", "models"] + [title for title, _, _ in COLUMNS]
-              + ["top-1 paper test mIoU"] + extra_names)
+              + ["top-1 paper test mIoU"] + (["mean IM size (unlabeled, % of pixels)"] if with_im else []))
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for row in rows:
         baseline = row.approach in BASELINES
         cells = [row.label, str(row.n) if row.n else "-", "-" if baseline else str(row.generation + 1),
                  str(row.runs), f"{row.models}" + (f" (+{row.failed} failed)" if row.failed else "")]
         cells += [_fmt(row.mean[title], row.std[title]) for title, _, _ in COLUMNS]
-        cells += [_fmt(row.top1)] + [_fmt(row.extra.get(name, math.nan)) for name in extra_names]
+        cells += [_fmt(row.top1)]
+        if with_im:
+            share = row.extra.get(IM_SHARE, math.nan)
+            cells.append("-" if math.isnan(share) else f"{100 * share:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def pseudo_label_markdown(rows: list[TableRow]) -> str:
+    """Statistics of the pseudo-labelled sets per generation (IM sizes, EvalNet scores, copies, selections)."""
+    names = sorted({name for row in rows for name in row.extra})
+    if not names:
+        return ""
+    lines = ["| approach | n | generation | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
+    for row in rows:
+        if row.extra:
+            values = [_fmt(row.extra.get(name, math.nan)) for name in names]
+            lines.append(f"| {row.label} | {row.n} | {row.generation + 1} | " + " | ".join(values) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -36,6 +36,10 @@ class TrainingTask:
     full_resolution: bool = False
     predictions_dir: str | None = None  # write official-format predictions of every eval split here
     show_progress: bool = True
+    # consistency-loss fine-tuning (semisup.consistency) instead of training from scratch
+    init_checkpoint: str | None = None  # start from these weights
+    consistency_strength: int = 0  # 0: ordinary training; 1, 2, 3: low, mid, high augmentation of the two views
+    consistency_epochs: int = 0
 
 
 @dataclass(frozen=True)
@@ -90,26 +94,48 @@ def execute(task: TrainingTask) -> TaskResult:
     torch.manual_seed(task.seed)
     model = build_model(config.model, data.num_classes, alpha=config.alpha)
     try:
-        result = fit(model, train_set, _validator(val, data, config, device), config, seed=task.seed,
-                     ignore_index=data.ignore_index, checkpoint=out / "last.pt", device=device, desc=task.key,
-                     show_progress=task.show_progress)
+        if task.consistency_strength:
+            best_state, best_score, best_epoch, epochs = _fine_tune(model, data, task, config, device)
+            history = []
+        else:
+            result = fit(model, train_set, _validator(val, data, config, device), config, seed=task.seed,
+                         ignore_index=data.ignore_index, checkpoint=out / "last.pt", device=device, desc=task.key,
+                         show_progress=task.show_progress)
+            best_state, best_score, best_epoch, history = (result.best_state, result.best_score, result.best_epoch,
+                                                          result.history)
+            epochs = len(history)
     except TrainingDiverged as exc:
         outcome = TaskResult(task.key, "failed", time.perf_counter() - start, error=str(exc))
         atomic.write_json(done, asdict(outcome))
         return outcome
-    model.load_state_dict(result.best_state)
+    model.load_state_dict(best_state)
     checkpoint = out / "best.pt"
     save_checkpoint(checkpoint, {
         "model_name": config.model, "model_options": {"alpha": config.alpha}, "num_classes": data.num_classes,
-        "protocol": data.protocol, "state_dict": result.best_state, "best_epoch": result.best_epoch,
-        "val_score": result.best_score, "seed": task.seed, "key": task.key})
-    _write_history(out / "history.csv", result.history)
+        "protocol": data.protocol, "state_dict": best_state, "best_epoch": best_epoch, "val_score": best_score,
+        "seed": task.seed, "key": task.key})
+    if history:
+        _write_history(out / "history.csv", history)
     scores = score_model(model, data, task, config, device)
-    outcome = TaskResult(task.key, "done", time.perf_counter() - start, len(result.history), result.best_epoch,
-                         str(checkpoint), None, scores)
+    outcome = TaskResult(task.key, "done", time.perf_counter() - start, epochs, best_epoch, str(checkpoint), None,
+                         scores)
     atomic.write_json(done, asdict(outcome))
     (out / "last.pt").unlink(missing_ok=True)  # the finished result replaces the resume point
     return outcome
+
+
+def _fine_tune(model: torch.nn.Module, data: PreparedData, task: TrainingTask, config: TrainConfig,
+               device: torch.device) -> tuple[dict, float, int, int]:
+    """Consistency-loss fine-tuning from ``task.init_checkpoint`` (semisup.consistency)."""
+    from ..engine.checkpoint import load_checkpoint
+    from ..semisup.consistency import STRENGTHS, fine_tune
+
+    model.load_state_dict(load_checkpoint(task.init_checkpoint)["state_dict"])
+    best_state, best_loss, best_epoch, epochs = fine_tune(
+        model, data.split("train_labeled"), data.split("train_unlabeled"), data.split("val"),
+        STRENGTHS[task.consistency_strength], config, task.consistency_epochs, task.seed,
+        Path(task.out_dir) / "last.pt", device)
+    return best_state, -best_loss, best_epoch, epochs
 
 
 def score_model(model: torch.nn.Module, data: PreparedData, task: TrainingTask, config: TrainConfig,

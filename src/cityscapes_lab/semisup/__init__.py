@@ -1,0 +1,2 @@
+"""Semi-supervised approaches: the study's pure rules, pseudo-labelling, EvalNet, the approach recipes and the
+generation runner."""

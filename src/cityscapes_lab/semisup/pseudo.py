@@ -1,0 +1,193 @@
+"""Pseudo-labelling: teachers label unlabeled images in batches from memory, and the students' training sets
+are composed from those pairs, kept in the prepared-array format (``data.arrays``), not as PNGs."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import atomic
+from ..data.arrays import load_arrays
+from ..data.augment import AugmentParams, augment
+from ..data.prepared import SplitArrays
+from ..engine.checkpoint import load_checkpoint
+from ..engine.loop import autocast
+from ..models import build_model
+from ..study.keys import derive_seed
+from .rules import ensemble_label, inconsistency_mask, input_ensemble_inputs
+
+
+def load_model(path: Path, device: torch.device) -> nn.Module:
+    """A network from one of our checkpoints (``best.pt`` / ``top<k>.pt``), in eval mode."""
+    saved = load_checkpoint(path, map_location="cpu")
+    model = build_model(saved["model_name"], saved["num_classes"], **saved["model_options"])
+    model.load_state_dict(saved["state_dict"])
+    return model.to(device).to(memory_format=torch.channels_last).eval()
+
+
+def _logits(models: list[nn.Module], images: np.ndarray, device: torch.device, precision: str):
+    """Each model's logits (B, C, H, W) float32 for a batch of (B, H, W, 3) uint8 images, one at a time."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(device)
+    for model in models:
+        with autocast(precision, device):
+            yield model(x).float()
+
+
+@torch.no_grad()
+def probabilities(models: list[nn.Module], images: np.ndarray, device: torch.device, precision: str
+                  ) -> torch.Tensor:
+    """Softmax outputs (n_models, B, C, H, W) float32 of a batch of (B, H, W, 3) uint8 images."""
+    return torch.stack([torch.softmax(logits, dim=1) for logits in _logits(models, images, device, precision)])
+
+
+@torch.no_grad()
+def mean_probabilities(models: list[nn.Module], images: np.ndarray, device: torch.device, precision: str
+                       ) -> torch.Tensor:
+    """The models' mean softmax (B, C, H, W), accumulated one model at a time."""
+    total = None
+    for logits in _logits(models, images, device, precision):
+        probs = torch.softmax(logits, dim=1)
+        total = probs if total is None else total.add_(probs)
+    return total / len(models)
+
+
+@torch.no_grad()
+def predicted_classes(models: list[nn.Module], images: np.ndarray, device: torch.device, precision: str
+                      ) -> np.ndarray:
+    """Each model's predicted classes (n_models, B, H, W) uint8 (argmax of the logits: no softmax needed)."""
+    return np.stack([logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
+                     for logits in _logits(models, images, device, precision)])
+
+
+@dataclass(frozen=True)
+class LabelingRule:
+    """How teachers turn an unlabeled image into a training pair."""
+
+    kind: str  # ensemble | input_ensemble | teacher | im
+    copies: int = 0  # input_ensemble: augmented copies per image (the study: n+1 for n in 3, 5, 7)
+    photometric: AugmentParams = AugmentParams((0.7, 1.3), (-15.0, 15.0), 1, 15)  # input ensemble (notes 5.5)
+    cumulative: bool = True  # input ensemble: each copy augments the previous (the study)
+    erode: int = 0  # IM morphology (0 for Cityscapes, config.ini ERODE_KERNEL / DILATE_KERNEL)
+    dilate: int = 0
+    block_input: bool = True
+    block_output: bool = True
+
+
+def label_batch(models: list[nn.Module], images: np.ndarray, ids: list[str], rule: LabelingRule,
+                device: torch.device, precision: str, seed: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Pseudo pairs of one batch: (images, labels, masks or None), each (B, H, W[, 3])."""
+    if rule.kind == "input_ensemble":
+        labels = np.empty(images.shape[:3], dtype=np.uint8)
+        for i, (image, image_id) in enumerate(zip(images, ids)):
+            rng = np.random.default_rng(derive_seed(seed, "input_ensemble", image_id))
+            inputs = np.stack(input_ensemble_inputs(image, rule.copies, rule.photometric, rng, rule.cumulative))
+            per_input = probabilities(models, inputs, device, precision)[0]  # one teacher: (copies, C, H, W)
+            labels[i] = ensemble_label(per_input.cpu().numpy())
+        return images, labels, None
+    if rule.kind == "ensemble":
+        mean = mean_probabilities(models, images, device, precision)
+        return images, mean.argmax(dim=1).to(torch.uint8).cpu().numpy(), None
+    predicted = predicted_classes(models, images, device, precision)  # (n, B, H, W)
+    if rule.kind == "teacher":
+        return images, predicted[0], None
+    out_images, labels, masks = np.empty_like(images), np.empty(images.shape[:3], np.uint8), np.empty(
+        images.shape[:3], bool)
+    for i in range(len(images)):
+        labels[i], masks[i], out_images[i] = inconsistency_mask(predicted[:, i], images[i], rule.erode, rule.dilate,
+                                                                rule.block_input, rule.block_output)
+    return out_images, labels, masks
+
+
+def write_pseudo_pairs(folder: Path, models: list[nn.Module], split: SplitArrays, rule: LabelingRule,
+                       device: torch.device, precision: str, seed: int, batch_size: int = 8,
+                       progress: Callable[[int], None] = lambda n: None) -> SplitArrays:
+    """Label every image of ``split`` and save the pairs (and IM masks) as an array folder, atomically."""
+    folder = Path(folder)
+    partial = atomic.partial_path(folder)
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    n, shape = len(split), split.images.shape[1:3]
+    images = np.lib.format.open_memmap(partial / "images.npy", "w+", np.uint8, (n, *shape, 3))
+    labels = np.lib.format.open_memmap(partial / "labels.npy", "w+", np.uint8, (n, *shape))
+    masks = np.lib.format.open_memmap(partial / "masks.npy", "w+", bool, (n, *shape)) if rule.kind == "im" else None
+    for start in range(0, n, batch_size):
+        rows = slice(start, min(start + batch_size, n))
+        batch_images, batch_labels, batch_masks = label_batch(models, np.asarray(split.images[rows]),
+                                                              split.ids[rows], rule, device, precision, seed)
+        images[rows], labels[rows] = batch_images, batch_labels
+        if masks is not None:
+            masks[rows] = batch_masks
+        progress(rows.stop - rows.start)
+    for array in (images, labels, masks):
+        if array is not None:
+            array.flush()
+    del images, labels, masks
+    atomic.write_json(partial / "ids.json", {"name": split.name, "ids": list(split.ids)})
+    atomic.publish_folder(partial, folder)
+    return load_arrays(folder)
+
+
+def mask_sizes(masks: np.ndarray) -> np.ndarray:
+    """Pixels under the inconsistency mask, per image (the study's im_size)."""
+    return np.asarray([int(m.sum()) for m in masks], dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class SetParts:
+    """What goes into a students' training set (a recipe row, resolved for one generation)."""
+
+    clean: bool  # the pseudo pairs as they are
+    copies: np.ndarray | None  # augmented copies per pair (None: none)
+    augment: AugmentParams  # the generation's augmentation
+    labeled: SplitArrays  # the labeled originals or the ALDT set
+
+
+def _sources(pairs: SplitArrays, parts: SetParts) -> Iterator[tuple[str, str, int, int]]:
+    """(kind, id, row, copy) of every row of the composed set, in order."""
+    for row, image_id in enumerate(parts.labeled.ids):
+        yield "labeled", image_id, row, 0
+    if parts.clean:
+        for row, image_id in enumerate(pairs.ids):
+            yield "pair", image_id, row, -1
+    if parts.copies is not None:
+        for row, image_id in enumerate(pairs.ids):
+            for copy in range(int(parts.copies[row])):
+                yield "pair", image_id, row, copy
+
+
+def compose_set(folder: Path, pairs: SplitArrays, parts: SetParts, seed: int) -> SplitArrays:
+    """Write the students' training set: labeled data, clean pairs and augmented copies (copy k of a pair draws
+    from its own seed), as an array folder, atomically. Row ids say where each row comes from."""
+    folder = Path(folder)
+    partial = atomic.partial_path(folder)
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    plan = list(_sources(pairs, parts))
+    shape = pairs.images.shape[1:3]
+    images = np.lib.format.open_memmap(partial / "images.npy", "w+", np.uint8, (len(plan), *shape, 3))
+    labels = np.lib.format.open_memmap(partial / "labels.npy", "w+", np.uint8, (len(plan), *shape))
+    ids = []
+    for out_row, (kind, image_id, row, copy) in enumerate(plan):
+        source = parts.labeled if kind == "labeled" else pairs
+        image, label = source.images[row], source.labels[row]
+        if copy >= 0 and kind == "pair":
+            rng = np.random.default_rng(derive_seed(seed, "copy", image_id, copy))
+            image, label = augment(image, label, parts.augment, rng)
+            image_id = f"{image_id}_aug_{copy}"
+        images[out_row], labels[out_row] = image, label
+        ids.append(image_id)
+    images.flush()
+    labels.flush()
+    del images, labels
+    atomic.write_json(partial / "ids.json", {"name": folder.name, "ids": ids})
+    atomic.publish_folder(partial, folder)
+    return load_arrays(folder)

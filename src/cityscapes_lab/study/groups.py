@@ -1,0 +1,110 @@
+"""Training a group: run every member that is not finished, record it, rank the group, keep its top-K."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..config import Config
+from ..data.prepared import PreparedData
+from .keys import GroupKey, StudyLayout, TrainingKey, derive_seed
+from .store import ResultStore
+from .tasks import TaskResult, TrainingTask, execute
+
+RANK_SPLIT, RANK_METRIC = "val", "paper_miou"  # the study ranks a group by its benchmark val mIoU
+
+
+@dataclass
+class StudyContext:
+    """Everything a study's steps share."""
+
+    layout: StudyLayout
+    store: ResultStore
+    data: PreparedData
+    config: Config
+    bar: tqdm
+    log: Callable[[str], None]
+    show_progress: bool = True
+    counts: dict[str, int] = field(default_factory=lambda: {"trained": 0, "skipped": 0, "failed": 0})
+
+
+def make_task(ctx: StudyContext, key: TrainingKey, train_set: str, **overrides) -> TrainingTask:
+    """A training task of the study for ``key``; ``train_*`` overrides change the training settings (e.g. the
+    student width ``train_alpha``), other overrides set task fields (e.g. ``init_checkpoint``)."""
+    study = ctx.config.study
+    train = asdict(ctx.config.train)
+    train.update({name[len("train_"):]: value for name, value in overrides.items() if name.startswith("train_")})
+    fields = {name: value for name, value in overrides.items() if not name.startswith("train_")}
+    group = key.group
+    return TrainingTask(
+        key=str(key), seed=derive_seed(study.seed, group.approach, group.run, group.n, group.generation, key.member),
+        train=train, data=str(ctx.data.root), train_set=train_set, out_dir=str(ctx.layout.training(key)),
+        eval_splits=tuple(study.eval_splits), full_resolution=study.full_resolution,
+        predictions_dir=str(ctx.layout.predictions(key, "")) if study.save_predictions else None,
+        show_progress=ctx.show_progress, **fields)
+
+
+def record(ctx: StudyContext, key: TrainingKey, result: TaskResult) -> None:
+    ctx.store.finish(key, status=result.status, seconds=result.seconds, epochs=result.epochs,
+                     best_epoch=result.best_epoch, checkpoint=result.checkpoint, error=result.error,
+                     scores=result.scores)
+    ctx.counts["trained"] += 1
+    if result.status == "failed":
+        ctx.counts["failed"] += 1
+        ctx.log(f"{key}: failed: {result.error}")
+
+
+def keep_top(ctx: StudyContext, group: GroupKey, ranked: list[TrainingKey]) -> None:
+    """Hard-link (or copy) the best ``study.top_k`` checkpoints to ``top1.pt`` .. ``topK.pt``, atomically."""
+    for rank, key in enumerate(ranked[:ctx.config.study.top_k], 1):
+        target = ctx.layout.top(group, rank)
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(ctx.layout.training(key) / "best.pt", tmp)
+        except OSError:
+            shutil.copyfile(ctx.layout.training(key) / "best.pt", tmp)
+        tmp.replace(target)
+
+
+def rank_group(ctx: StudyContext, group: GroupKey, keys: list[TrainingKey], split: str = RANK_SPLIT,
+               metric: str = RANK_METRIC, higher_is_better: bool = True) -> list[TrainingKey]:
+    """Order the finished members by a score (ties: lower member first), record the ranking, keep the top-K."""
+    sign = 1 if higher_is_better else -1
+    scored = [(key, ctx.store.scores(key).get(split, {}).get(metric, float("nan")))
+              for key in keys if ctx.store.status(key) == "done"]
+    scored.sort(key=lambda item: (-sign * item[1] if item[1] == item[1] else float("inf"), item[0].member))
+    ctx.store.set_ranking(group, scored)
+    ranked = [key for key, _ in scored]
+    keep_top(ctx, group, ranked)
+    return ranked
+
+
+def train_group(ctx: StudyContext, group: GroupKey, tasks: list[tuple[TrainingKey, TrainingTask]]
+                ) -> list[TrainingKey]:
+    """Train the members that are not finished (a killed one resumes from its last epoch), then rank."""
+    for key, task in tasks:
+        if ctx.store.status(key) in ("done", "failed"):
+            ctx.counts["skipped"] += 1
+            ctx.bar.update()
+            continue
+        ctx.store.start(key, task.seed, ctx.config.digest())
+        record(ctx, key, execute(task))
+        ctx.bar.update()
+    return rank_group(ctx, group, [key for key, _ in tasks])
+
+
+def top_checkpoints(ctx: StudyContext, group: GroupKey, count: int) -> list[Path]:
+    """The ``count`` best checkpoints of a finished group; LabError when the group has fewer."""
+    from ..errors import ConfigError
+
+    paths = [ctx.layout.top(group, rank) for rank in range(1, count + 1)]
+    if not all(path.exists() for path in paths):
+        raise ConfigError(f"{group} has fewer than {count} finished models to teach with; raise study.models and "
+                          f"study.top_k to at least {count}, or lower semisup.n")
+    return paths

@@ -1,0 +1,222 @@
+"""Every semi-supervised approach end to end on tiny data (2 generations, 2 students, 1 epoch), and checks of
+their mechanics, not only that they ran."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from cityscapes_lab.config import load_config
+from cityscapes_lab.data.arrays import load_arrays, load_extra
+from cityscapes_lab.engine.checkpoint import load_checkpoint
+from cityscapes_lab.report import write_report
+from cityscapes_lab.semisup import consistency
+from cityscapes_lab.semisup.evalnet import load_evalnet, score_masks
+from cityscapes_lab.semisup.pseudo import load_model, probabilities
+from cityscapes_lab.semisup.rules import copies_for_score
+from cityscapes_lab.study.keys import GroupKey, StudyLayout
+from cityscapes_lab.study.runner import run_study
+from cityscapes_lab.study.store import ResultStore
+
+TINY = ["study.runs=1", "study.models=3", "study.top_k=3", "train.epochs=1", "train.batch_size=2", "train.threads=1",
+        "aldt.copies=2", "semisup.students=2", "semisup.generations=2", "semisup.n=2", "semisup.evalnets=2",
+        "semisup.evalnet_epochs=1", "semisup.cl_epochs=1", "semisup.evalnet_train_loops=1",
+        "semisup.evalnet_val_loops=1", "semisup.evalnet_val_models=1"]
+ALL = ["cl", "me", "ie", "ns", "im", "evalnet", "im+", "im++", "aim+", "aim++"]
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def study(tiny_paper, tmp_path_factory):
+    out = tmp_path_factory.mktemp("semisup") / "runs"
+    summary = run_study(tiny_paper, out, ALL, load_config(overrides=TINY), show_progress=False)
+    # baselines 2 x 3, evalnets 3 x 2, cl 1 group x 2, nine approaches x 2 generations x 2 students
+    assert (summary.trained, summary.failed) == (6 + 6 + 2 + 9 * 2 * 2, 0)
+    return StudyLayout(out)
+
+
+def unlabeled(tiny_paper):
+    from cityscapes_lab import load_prepared
+
+    return load_prepared(tiny_paper).split("train_unlabeled")
+
+
+def teacher_outputs(layout, group, count, split):
+    models = [load_model(layout.top(group, k), CPU) for k in range(1, count + 1)]
+    return probabilities(models, np.asarray(split.images), CPU, "fp32").numpy()
+
+
+def test_every_approach_ran_every_generation(study):
+    with ResultStore(study.database) as store:
+        groups = {(r.approach, r.n, r.generation) for r in store.trainings() if r.status == "done"}
+    for approach, n in [("me", 2), ("ie", 3), ("ns", 1), ("im", 2), ("evalnet", 2), ("im+", 2), ("im++", 2),
+                        ("aim+", 2), ("aim++", 2)]:
+        assert {(approach, n, 0), (approach, n, 1)} <= groups, approach
+    assert ("cl", 2, 0) in groups and ("evalnet.nets", 0, 0) in groups
+
+
+def test_im_sets_hold_the_im_class_where_teachers_disagree_and_black_out_the_input(study, tiny_paper):
+    split = unlabeled(tiny_paper)
+    predicted = teacher_outputs(study, GroupKey("ldt", 1), 2, split).argmax(axis=2)  # (2, N, H, W)
+    disagree = predicted[0] != predicted[1]
+    folder = study.dataset(str(GroupKey("im", 1, 2, 0)))
+    pairs = load_arrays(folder / "pairs")
+    assert np.array_equal(np.asarray(load_extra(folder / "pairs", "masks")), disagree)
+    labels, images = np.asarray(pairs.labels), np.asarray(pairs.images)
+    assert np.all(labels[disagree] == 0) and np.array_equal(labels[~disagree], predicted[0][~disagree])
+    assert np.all(images[disagree] == 0) and np.array_equal(images[~disagree], np.asarray(split.images)[~disagree])
+    students_set = load_arrays(folder / "set")
+    assert len(students_set) == 4 + len(split)  # the labeled originals plus the IM pairs
+    assert np.array_equal(np.asarray(students_set.labels)[4:], labels)
+
+
+def test_model_ensemble_labels_are_the_argmax_of_mean_probabilities(study, tiny_paper):
+    split = unlabeled(tiny_paper)
+    mean = teacher_outputs(study, GroupKey("ldt", 1), 2, split).mean(axis=0)
+    pairs = load_arrays(study.dataset(str(GroupKey("me", 1, 2, 0))) / "pairs")
+    assert np.array_equal(np.asarray(pairs.labels), mean.argmax(axis=1))
+    assert np.array_equal(np.asarray(pairs.images), np.asarray(split.images))  # clean images
+
+
+def test_generation_one_is_taught_by_generation_zeros_top_students(study, tiny_paper):
+    split = unlabeled(tiny_paper)
+    predicted = teacher_outputs(study, GroupKey("im", 1, 2, 0), 2, split).argmax(axis=2)
+    masks = np.asarray(load_extra(study.dataset(str(GroupKey("im", 1, 2, 1))) / "pairs", "masks"))
+    assert np.array_equal(masks, predicted[0] != predicted[1])
+
+
+def test_noisy_student_widths_follow_the_schedule(study):
+    for generation, alpha in ((0, 1.0), (1, 1.25)):
+        saved = load_checkpoint(study.top(GroupKey("ns", 1, 1, generation), 1))
+        assert saved["model_options"]["alpha"] == alpha
+    assert load_checkpoint(study.top(GroupKey("im", 1, 2, 1), 1))["model_options"]["alpha"] == 1.0  # IM: no widening
+    ns_set = load_arrays(study.dataset(str(GroupKey("ns", 1, 1, 0))) / "set")
+    assert all(i.endswith("_aug_0") for i in ns_set.ids[4:]) and len(ns_set) == 4 + 12  # one augmented copy each
+
+
+def test_im_plus_plus_copy_counts_follow_the_evalnet_score(study):
+    folder = study.dataset(str(GroupKey("im++", 1, 2, 0)))
+    pairs = load_arrays(folder / "pairs")
+    with ResultStore(study.database) as store:
+        ranked = [key for key, _ in store.ranking(GroupKey("im++.nets", 1))]
+    nets = [load_evalnet(study.root / "models" / key / "best.pt", CPU) for key in ranked[:2]]
+    scores = score_masks(nets, pairs.images, pairs.labels, 4, CPU, "fp32", classes=slice(1, None))
+    expected = [copies_for_score(score) for score in scores]
+    ids = load_arrays(folder / "set").ids[4:]
+    counted = [sum(1 for i in ids if i.startswith(image_id + "_aug_")) for image_id in pairs.ids]
+    assert counted == expected and 1 <= min(expected) and max(expected) <= 5
+
+
+def test_aim_plus_sets_contain_the_aldt_set_and_the_clean_pairs(study):
+    aldt = load_arrays(study.dataset("aldt"))
+    folder = study.dataset(str(GroupKey("aim+", 1, 2, 0)))
+    students_set, pairs = load_arrays(folder / "set"), load_arrays(folder / "pairs")
+    assert students_set.ids[:len(aldt)] == aldt.ids
+    assert np.array_equal(np.asarray(students_set.images[:len(aldt)]), np.asarray(aldt.images))
+    clean = students_set.ids[len(aldt):len(aldt) + len(pairs)]
+    assert clean == pairs.ids and len(students_set) == len(aldt) + 2 * len(pairs)
+
+
+def test_evalnet_selection_keeps_masks_above_the_threshold_and_only_grows(study):
+    first = study.dataset(str(GroupKey("evalnet", 1, 2, 0))) / "selection"
+    second = study.dataset(str(GroupKey("evalnet", 1, 2, 1))) / "selection"
+    selected, scores = np.asarray(load_extra(first, "selected")), np.asarray(load_extra(first, "scores"))
+    assert np.array_equal(selected, scores >= 0.453)
+    assert np.all(np.asarray(load_extra(second, "selected"))[selected])
+    students_set = load_arrays(study.dataset(str(GroupKey("evalnet", 1, 2, 0))) / "set")
+    assert len(students_set) == 4 + int(selected.sum())
+
+
+def test_report_shows_every_approach_and_the_im_sizes(study):
+    table = write_report(study.root).table_md.read_text()
+    for label in ("Consistency Loss", "Model Ensemble", "Input Ensemble", "Noisy Student", "| IM |", "EvalNet",
+                  "IM+", "IM++", "AIM+", "AIM++"):
+        assert label in table, label
+    assert "mean IM size" in table and "mean_im_share" in table and "## EvalNets" in table
+
+
+def test_consistency_loss_sees_rgb_on_both_branches(tiny_paper, monkeypatch):
+    """A pure red image stays red in both views (the original fed the unlabeled branch BGR)."""
+    red = np.zeros((2, 32, 64, 3), np.uint8)
+    red[..., 0] = 200
+    views = consistency.two_views(red, ["a", "b"], consistency.STRENGTHS[3], seed=0, step=0)
+    for view in views:
+        assert (view[..., 0].astype(int) - view[..., 2].astype(int)).mean() > 100
+    seen = []
+    original = consistency.two_views
+
+    def spy(images, ids, params, seed, step):
+        a, b = original(images, ids, params, seed, step)
+        seen.append((images, a, b))
+        return a, b
+
+    monkeypatch.setattr(consistency, "two_views", spy)
+    from cityscapes_lab import load_prepared
+    from cityscapes_lab.config import TrainConfig
+    from cityscapes_lab.models import build_model
+
+    data = load_prepared(tiny_paper)
+    model = build_model("unet_paper", 35)
+    inputs = []
+    model.register_forward_pre_hook(lambda module, args: inputs.append(args[0].clone()))
+    consistency.fine_tune(model, data.split("train_labeled"), data.split("train_unlabeled"), data.split("val"),
+                          consistency.STRENGTHS[1], TrainConfig(batch_size=4, eval_batch_size=8), 1, 0,
+                          tiny_paper.parent / "cl-test.pt", CPU)
+    (tiny_paper.parent / "cl-test.pt").unlink()
+    unlabeled_images = np.asarray(data.split("train_unlabeled").images)
+    for images, a, b in seen:
+        assert any(np.array_equal(images[0], u) for u in unlabeled_images)  # RGB arrays straight from the data
+    fed = [x for x in inputs if x.shape[0] == seen[0][1].shape[0] and x.dtype == torch.uint8]
+    first_view = torch.from_numpy(seen[0][1]).permute(0, 3, 1, 2)
+    assert any(torch.equal(x, first_view) for x in fed)  # the network received the RGB view unchanged
+
+
+KILL_AFTER_EPOCH_SAVES = """
+import os, signal, sys
+import cityscapes_lab.engine.train as train
+saves = 0
+original = train.save_checkpoint
+def save_then_maybe_die(path, content):
+    global saves
+    original(path, content)
+    saves += 1
+    if saves == {kill_after}:
+        os.kill(os.getpid(), signal.SIGKILL)
+train.save_checkpoint = save_then_maybe_die
+from cityscapes_lab.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_kill_in_generation_two_resumes_correctly(tiny_paper, tmp_path):
+    """IM with 2 generations of 2 students and 2 epochs after LDT (3 models): epoch checkpoints 1-6 are LDT's,
+    7-10 generation 1's, 11 is the 1st epoch of generation 2's first student: killed there, then resumed."""
+    settings = [s for s in TINY if not s.startswith("train.epochs")] + ["train.epochs=2"]
+    args = ["study", "--data", str(tiny_paper), "--approaches", "im"] + [x for s in settings for x in ("--set", s)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_EPOCH_SAVES.format(kill_after=11), *args, "--out",
+                             str(tmp_path / "killed")], env=env, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    layout = StudyLayout(tmp_path / "killed")
+    assert (layout.dataset(str(GroupKey("im", 1, 2, 1))) / "set" / "ids.json").exists()
+    with ResultStore(layout.database) as store:
+        statuses = {(r.approach, r.generation, r.member): r.status for r in store.trainings()}
+    assert statuses[("im", 0, 1)] == "done" and statuses[("im", 1, 0)] == "running"
+    resumed = subprocess.run([sys.executable, "-m", "cityscapes_lab", *args, "--out", str(tmp_path / "killed")],
+                             env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "2 trainings run now, 5 already finished" in resumed.stdout
+    clean = subprocess.run([sys.executable, "-m", "cityscapes_lab", *args, "--out", str(tmp_path / "clean")],
+                           env=env, capture_output=True, text=True)
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    with ResultStore(layout.database) as a, ResultStore(tmp_path / "clean" / "results.sqlite") as b:
+        assert [r.key for r in a.trainings()] == [r.key for r in b.trainings()]
+        for row in b.trainings():
+            ours, theirs = a.scores(row.key), b.scores(row.key)
+            for split in theirs:
+                assert ours[split] == pytest.approx(theirs[split], abs=1e-9, nan_ok=True), row.key
+    assert json.loads((layout.dataset(str(GroupKey("im", 1, 2, 1))) / "stats.json").read_text())
