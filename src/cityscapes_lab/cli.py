@@ -190,6 +190,144 @@ def report(runs: Path) -> None:
             _say(f"wrote {path}")
 
 
+@cli.group()
+def zoo() -> None:
+    """Published Cityscapes models: their numbers, checkpoints and evaluation protocols."""
+
+
+@zoo.command("list")
+def zoo_list() -> None:
+    """Every registered model, its published number, what the number is, and the file to download."""
+    from .models.registry import MODELS, UNAVAILABLE
+
+    for name, spec in MODELS.items():
+        _say(f"{name}: {spec.description} [{spec.licence}]")
+        for w in spec.weights:
+            _say(f"  {w.miou:6.2f}  {w.number}; trained on {w.training_data}; reproduce with --protocol "
+                 f"{w.protocol}")
+            _say(f"          {w.file}  <- {w.url}" + (f"  ({w.note})" if w.note else ""))
+    for model in UNAVAILABLE:
+        _say(f"{model.name}: not runnable: {model.reason}")
+        for variant, miou, what in model.rows:
+            _say(f"  {miou:6.2f}  {variant}: {what}")
+
+
+@zoo.command("eval")
+@click.argument("name")
+@click.option("--weights", type=click.Path(path_type=Path), required=True, help="The published checkpoint file.")
+@click.option("--data", "raw", type=click.Path(path_type=Path), required=True,
+              help="The raw download (extracted or the official zips), as for `prepare --raw`.")
+@click.option("--split", default="val", show_default=True, help="The split to score.")
+@click.option("--protocol", type=click.Choice(["whole", "slide", "ms-flip"]), default="whole", show_default=True)
+@click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N images.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="auto: bf16 autocast on a GPU, fp32 on the CPU.")
+@click.option("--json", "json_file", type=click.Path(path_type=Path), default=None, help="Write the scores here.")
+def zoo_eval(name: str, weights: Path, raw: Path, split: str, protocol: str, limit: int | None, device: str,
+             precision: str, json_file: Path | None) -> None:
+    """Score a published model on the raw download at the original resolution (official metrics)."""
+    from . import atomic
+    from .engine.prediction import load_predictor
+    from .engine.zoo_eval import evaluate_on_raw
+
+    predictor = load_predictor(name, weights, protocol, device, precision)
+    result = evaluate_on_raw(predictor, raw, split, limit)
+    scores = result.scores.as_dict()
+    _say(f"{name} on {split} ({result.images} images, {protocol}): mIoU {scores['mIoU']:.4f}  iIoU {scores['iIoU']:.4f}"
+         f"  category mIoU {scores['category_mIoU']:.4f}  ({result.seconds_per_image:.2f} s per image on "
+         f"{predictor.device.type}, {predictor.precision})")
+    if json_file:
+        import json
+
+        payload = {"model": name, "weights": str(weights), "split": split, "protocol": protocol,
+                   "images": result.images, "seconds_per_image": result.seconds_per_image,
+                   "device": str(predictor.device), "precision": predictor.precision, **scores}
+        atomic.write_json(json_file, json.loads(json.dumps(payload), parse_constant=lambda c: None))
+        _say(f"wrote {json_file}")
+
+
+@cli.command()
+@click.option("--model", "name", required=True, help="A registered model (see `cityscapes-lab zoo list`).")
+@click.option("--weights", type=click.Path(path_type=Path), default=None,
+              help="A published checkpoint, or one of ours (best.pt / top1.pt; it names its model).")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the outputs.")
+@click.option("--protocol", type=click.Choice(["whole", "slide", "ms-flip"]), default="whole", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
+@click.option("--no-color", is_flag=True, help="Skip the colour PNGs.")
+@click.option("--no-overlay", is_flag=True, help="Skip the overlays.")
+def predict(name: str, weights: Path | None, inputs: tuple[Path, ...], out: Path, protocol: str, device: str,
+            precision: str, no_color: bool, no_overlay: bool) -> None:
+    """Segment images, folders of images and videos: labelIds PNGs (official submission format), colour PNGs
+    and overlays in OUT."""
+    from .engine.prediction import load_predictor, predict_files
+
+    predictor = load_predictor(name, weights, protocol, device, precision)
+    count = predict_files(predictor, list(inputs), out, colour=not no_color, overlays=not no_overlay)
+    _say(f"wrote {count} predictions to {out}/labelIds (submission format)"
+         + ("" if no_color else ", color") + ("" if no_overlay else ", overlay"))
+
+
+def _options(items: tuple[str, ...]) -> dict:
+    """``key=value`` model options; values read as JSON where they parse (numbers, true/false), else text."""
+    import json
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--option {item!r}: expected key=value, e.g. alpha=0.5")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+@cli.command()
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help="A folder made by `prepare --protocol standard`.")
+@click.option("--model", "name", required=True, help="A registered model (see `cityscapes-lab zoo list`).")
+@click.option("--weights", type=click.Path(path_type=Path), default=None, help="Start from this checkpoint.")
+@click.option("--option", "model_options", multiple=True, metavar="KEY=VALUE", help="A model option.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for checkpoints and curves.")
+@click.option("--split", "train_split", default="train", show_default=True, help="The split to train on.")
+@click.option("--val-split", default="val", show_default=True)
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="A TOML settings file.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one setting.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def train(data: Path, name: str, weights: Path | None, model_options: tuple[str, ...], out: Path, train_split: str,
+          val_split: str, config_file: Path | None, overrides: tuple[str, ...], seed: int) -> None:
+    """Train or fine-tune any registered model on the standard protocol; with `torchrun --nproc_per_node=N -m
+    cityscapes_lab train ...` on N GPUs (or CPU processes) with DistributedDataParallel."""
+    import torch
+
+    from .config import load_config
+    from .data.prepared import load_prepared
+    from .engine.standard import start_processes, train_standard
+    from .models.registry import build_model
+
+    config = load_config(config_file, list(overrides))
+    prepared = load_prepared(data)
+    if prepared.protocol != "standard":
+        raise ConfigError(f"{data}: `train` uses the standard protocol (19 trainIds); this folder is "
+                          f"{prepared.protocol}; prepare with --protocol standard (use `study` for the paper protocol)")
+    processes = start_processes(config.train.device)
+    options = _options(model_options)
+    torch.manual_seed(seed)
+    model = build_model(name, prepared.num_classes, weights=weights, **options)
+    if processes.main:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    summary = train_standard(name, model, options, prepared, config, out, processes, train_split, val_split, seed)
+    if processes.main:
+        _say(f"trained {name} on {train_split} with {summary['world_size']} process(es): best val mIoU "
+             f"{summary['best_val_miou']:.4f}; checkpoint {out}/best.pt")
+    if processes.world_size > 1:
+        torch.distributed.destroy_process_group()
+
+
 @cli.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("demo-out"), show_default=True,
               help="Folder for everything the demo makes.")

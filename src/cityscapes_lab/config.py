@@ -48,6 +48,8 @@ class TrainConfig:
     compile: bool = setting(False, "torch.compile the model (slow first step, faster after)")
     recompute: str = setting("auto", "recompute activations in the backward pass: half the memory, ~10% more time; "
                                      "auto = on for the CPU with large batches (1M pixels and more); on; off")
+    schedule: str = setting("constant", "learning rate: constant (the study) or poly (power 0.9, for fine-tuning)")
+    aux_weight: float = setting(0.4, "weight of an auxiliary head's loss (HRNet-OCR, UperNet; the originals: 0.4)")
     eval_batch_size: int = setting(16, "images per forward pass when predicting (does not change results)")
     threads: int = setting(0, "CPU threads for torch; 0 = all cores of this process")
     device: str = setting("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N")
@@ -62,6 +64,8 @@ class TrainConfig:
         _check(self.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision",
                "must be auto, fp32, bf16 or fp16")
         _check(self.recompute in ("auto", "on", "off"), "train.recompute", "must be auto, on or off")
+        _check(self.schedule in ("constant", "poly"), "train.schedule", "must be constant or poly")
+        _check(self.aux_weight >= 0, "train.aux_weight", "must be >= 0")
         _check(self.eval_batch_size >= 1, "train.eval_batch_size", "must be >= 1")
         _check(self.threads >= 0, "train.threads", "must be >= 0")
 
@@ -83,6 +87,24 @@ class AugmentConfig:
             _check(isinstance(value, list) and len(value) == 2 and value[0] <= value[1], f"aldt.{key}",
                    "must be [low, high] with low <= high")
         _check(self.max_blur >= 0 and self.max_noise >= 0, "aldt.max_blur/max_noise", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class OnlineAugmentConfig:
+    """Augmentation drawn anew for every batch when training on the standard protocol, on the GPU if there is one."""
+
+    scale: list = setting([0.5, 2.0], "range of the random rescaling factor")
+    crop: list = setting([512, 1024], "random crop (height, width) after rescaling; padded where the image is smaller")
+    flip: bool = setting(True, "horizontal flip with p = 0.5")
+    jitter: float = setting(0.2, "photometric jitter: brightness, contrast and saturation factors in 1 +- jitter")
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.scale, list) and len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1],
+               "online.scale", "must be [low, high] with 0 < low <= high")
+        _check(isinstance(self.crop, list) and len(self.crop) == 2 and all(isinstance(c, int) and c >= 16
+                                                                           for c in self.crop),
+               "online.crop", "must be [height, width], each at least 16")
+        _check(0 <= self.jitter < 1, "online.jitter", "must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -145,6 +167,7 @@ class Config:
     aldt: AugmentConfig = field(default_factory=AugmentConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
     semisup: SemisupConfig = field(default_factory=SemisupConfig)
+    online: OnlineAugmentConfig = field(default_factory=OnlineAugmentConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)

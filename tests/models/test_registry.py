@@ -3,18 +3,27 @@
 import pytest
 import torch
 
+from cityscapes_lab.engine.standard import has_aux_head
 from cityscapes_lab.errors import ConfigError
-from cityscapes_lab.models import build_model, list_models
+from cityscapes_lab.models import build_model, list_models, model_spec
 from cityscapes_lab.models.unet import UNetPaper
 
 
 @pytest.mark.parametrize("name", list_models())
 def test_forward_shape_gradients_and_finiteness(name):
+    """Every registered network, in its small test configuration (same structure and key names)."""
     torch.manual_seed(0)
-    model = build_model(name, num_classes=7)
+    model = build_model(name, num_classes=7, **model_spec(name).test_options)
     images = torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8)
     logits = model(images)
     assert logits.shape == (2, 7, 64, 96) and logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    if has_aux_head(model):  # an auxiliary head is trained through its own output
+        main, aux = model(images, return_aux=True)
+        assert aux.shape == main.shape
+        logits = main + aux
+        with torch.no_grad():  # the main output is the same with or without the auxiliary one (no dropout)
+            assert torch.equal(model.eval()(images), model(images, return_aux=True)[0])
+        model.train()
     logits.logsumexp(1).mean().backward()
     for param_name, param in model.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), param_name

@@ -1,5 +1,5 @@
 """Networks: one registry (``build_model``, ``list_models``) and one module per architecture."""
 
-from .registry import MODELS, ModelSpec, build_model, list_models
+from .registry import MODELS, UNAVAILABLE, ModelSpec, PublishedWeights, build_model, list_models, model_spec
 
-__all__ = ["MODELS", "ModelSpec", "build_model", "list_models"]
+__all__ = ["MODELS", "UNAVAILABLE", "ModelSpec", "PublishedWeights", "build_model", "list_models", "model_spec"]

@@ -112,7 +112,8 @@ def execute(task: TrainingTask) -> TaskResult:
     checkpoint = out / "best.pt"
     save_checkpoint(checkpoint, {
         "model_name": config.model, "model_options": {"alpha": config.alpha}, "num_classes": data.num_classes,
-        "protocol": data.protocol, "state_dict": best_state, "best_epoch": best_epoch, "val_score": best_score,
+        "protocol": data.protocol, "input_size": list(data.size), "state_dict": best_state, "best_epoch": best_epoch,
+        "val_score": best_score,
         "seed": task.seed, "key": task.key})
     if history:
         _write_history(out / "history.csv", history)

@@ -1,0 +1,163 @@
+"""Predicting with any registered model: the model's test-time protocols, images to labelIds, and
+``cityscapes-lab predict`` (images, folders and videos in; submission PNGs, colour PNGs and overlays out)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .. import atomic
+from ..data import png
+from ..errors import DataError
+from ..labels import LABELID_PALETTE, PAPER_NUM_CLASSES, PAPER_TO_LABELID, TRAINID_TO_LABELID
+from ..models.registry import ModelSpec
+from .inference import MS_SCALES, InferenceProtocol, infer
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+
+
+def protocol_for(spec: ModelSpec, name: str) -> InferenceProtocol:
+    """The model's version of a named protocol: whole, slide, or ms-flip (scales 0.5-1.75 and flip)."""
+    crop, stride = spec.slide
+    if name == "whole":
+        return InferenceProtocol(align_corners=spec.align_corners)
+    if name == "slide":
+        return InferenceProtocol("slide", crop, stride, align_corners=spec.align_corners)
+    if name == "ms-flip":
+        return InferenceProtocol("whole", crop, stride, MS_SCALES, True, spec.ms_combine, spec.ms_slide_above,
+                                 spec.align_corners)
+    raise DataError(f"unknown protocol {name!r}; choose whole, slide or ms-flip")
+
+
+def label_ids_of(classes: np.ndarray, num_classes: int) -> np.ndarray:
+    """A model's class indices as Cityscapes labelIds: the study's 35 indices or the 19 trainIds."""
+    return (PAPER_TO_LABELID if num_classes == PAPER_NUM_CLASSES else TRAINID_TO_LABELID)[classes]
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """A model ready to predict single images with a protocol."""
+
+    model: nn.Module
+    num_classes: int
+    protocol: InferenceProtocol
+    device: torch.device
+    precision: str = "fp32"
+    input_size: tuple[int, int] | None = None  # (W, H) the model must see (e.g. the study's U-Net: 416x208)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 RGB -> (H, W) uint8 Cityscapes labelIds."""
+        height, width = image.shape[:2]
+        view = image if self.input_size is None else cv2.resize(image, self.input_size, interpolation=cv2.INTER_LINEAR)
+        x = torch.from_numpy(np.ascontiguousarray(view)).permute(2, 0, 1)[None].to(self.device).float() / 255.0
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        classes = infer(self.model, x, self.protocol, self.num_classes, self.precision).argmax(dim=1)[0]
+        classes = classes.to(torch.uint8).cpu().numpy()
+        if classes.shape != (height, width):
+            classes = cv2.resize(classes, (width, height), interpolation=cv2.INTER_NEAREST)
+        return label_ids_of(classes, self.num_classes)
+
+
+def load_predictor(name: str, weights: str | Path | None, protocol: str = "whole", device: str = "auto",
+                   precision: str = "auto", num_classes: int = 19) -> Predictor:
+    """A registered model ready to predict: our own checkpoints carry their model, classes and input size; a
+    published checkpoint is loaded into ``name`` with ``num_classes`` (19)."""
+    from ..models.registry import build_model, model_spec
+    from .checkpoint import FORMAT, load_checkpoint
+    from .loop import resolve_device, resolve_precision
+
+    spec = model_spec(name)
+    options, input_size = {}, None
+    if weights is not None:
+        content = load_checkpoint(weights)
+        if isinstance(content, dict) and content.get("format") == FORMAT and "model_name" in content:
+            name, num_classes = content["model_name"], content["num_classes"]
+            options = content.get("model_options", {})
+            input_size = tuple(content["input_size"]) if content.get("input_size") else None
+            spec = model_spec(name)
+    if name == "unet_paper" and input_size is None:
+        input_size = (416, 208)  # the study's resolution (multiples of 16 are required)
+    model = build_model(name, num_classes, weights=weights, **options)
+    torch_device = resolve_device(device)
+    model = model.to(torch_device).eval()
+    if torch_device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return Predictor(model, num_classes, protocol_for(spec, protocol), torch_device,
+                     resolve_precision(precision, torch_device), input_size)
+
+
+def colourise(label_ids: np.ndarray) -> np.ndarray:
+    """The official colour of every pixel's label, (H, W, 3) uint8 RGB."""
+    return LABELID_PALETTE[label_ids]
+
+
+def overlay(image: np.ndarray, label_ids: np.ndarray, weight: float = 0.5) -> np.ndarray:
+    return cv2.addWeighted(image, 1 - weight, colourise(label_ids), weight, 0)
+
+
+def _frames(path: Path) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, RGB image) of an image file, or of every frame of a video."""
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        video = cv2.VideoCapture(str(path))
+        if not video.isOpened():
+            raise DataError(f"{path}: OpenCV cannot open this video; convert it to mp4 (H.264) or extract frames")
+        index = 0
+        while True:
+            ok, frame = video.read()
+            if not ok:
+                break
+            yield f"{path.stem}_{index:06d}", cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            index += 1
+        video.release()
+        return
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise DataError(f"{path}: not a readable image; pass PNG/JPEG images, folders of them, or videos")
+    yield path.stem, cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def collect_inputs(inputs: list[Path]) -> list[Path]:
+    """Image and video files named directly or found in folders (recursively), sorted within each folder."""
+    found = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            found += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES)
+        elif item.is_file():
+            found.append(item)
+        else:
+            raise DataError(f"{item}: no such file or folder; pass images, folders or videos")
+    if not found:
+        raise DataError(f"{', '.join(map(str, inputs))}: no images or videos found")
+    return found
+
+
+def predict_files(predictor: Predictor, inputs: list[Path], out: Path, colour: bool = True,
+                  overlays: bool = True) -> int:
+    """Predict every image / video frame; write ``labelIds/<name>.png`` (official submission format: the
+    names keep the input's, so Cityscapes ids stay in them), ``color/`` and ``overlay/``. Returns the count."""
+    out = Path(out)
+    folders = {"labelIds": out / "labelIds"} | ({"color": out / "color"} if colour else {}) | (
+        {"overlay": out / "overlay"} if overlays else {})
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for path in tqdm(collect_inputs(inputs), desc="predict", unit="file", disable=None):
+        for name, image in _frames(path):
+            label_ids = predictor(image)
+            atomic.write_bytes(folders["labelIds"] / f"{name}.png", png.encode(label_ids))
+            if colour:
+                atomic.write_bytes(folders["color"] / f"{name}.png", png.encode(colourise(label_ids)))
+            if overlays:
+                atomic.write_bytes(folders["overlay"] / f"{name}.png", png.encode(overlay(image, label_ids)))
+            count += 1
+    return count
