@@ -89,13 +89,14 @@ def keras_speed(python: str, alpha: float, batch: int, steps: int) -> float | No
 
 
 MEMORY_SCRIPT = """
-import resource, sys
+import re, sys
 from cityscapes_lab.study.tasks import TrainingTask, execute
 task = TrainingTask(key="memory", seed=0, train=dict(epochs=1, steps_per_epoch=3, threads=0), data=sys.argv[1],
                     train_set=sys.argv[2], out_dir=sys.argv[3], show_progress=False)
 result = execute(task)
 assert result.status == "done", result
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)  # peak resident set, GiB
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork+exec, so it would report the benchmark's own peak
+print(int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) / 2**20)  # GiB
 """
 
 
@@ -147,7 +148,7 @@ def main() -> None:
         keras = keras_speed(args.keras_python, alpha, args.batch, args.steps) if args.keras_python else None
         reference = keras
         if keras is not None:
-            rows.append([f"study's Keras model (tensorflow-cpu, fp32)", alpha, f"{keras:.2f}", "1.00x", "-"])
+            rows.append(["study's Keras model (tensorflow-cpu, fp32)", alpha, f"{keras:.2f}", "1.00x", "-"])
         for name, (channels_last, our_loss, compiled, dtype) in VARIANTS.items():
             if compiled and args.skip_compile:
                 continue
@@ -156,8 +157,9 @@ def main() -> None:
             rows.append([name, alpha, f"{speed:.2f}", f"{speed / reference:.2f}x",
                          "-" if np.isnan(peak) else f"{peak:.2f}"])
             print(rows[-1], flush=True)
-    notes.append(f"{device.type}, batch {args.batch}, 416x208, 35 classes, AdamW; median of {args.steps} steps "
-                 "after 2 warm-up steps; ratios against the Keras model where measured, else the plain port.")
+    if rows:
+        notes.append(f"{device.type}, batch {args.batch}, 416x208, 35 classes, AdamW; median of {args.steps} steps "
+                     "after 2 warm-up steps; ratios against the Keras model where measured, else the plain port.")
     if args.memory or args.memory_only:
         with tempfile.TemporaryDirectory() as tmp:
             data = fake_paper_data(Path(tmp) / "data")

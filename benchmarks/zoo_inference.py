@@ -75,7 +75,8 @@ def main() -> None:
     notes.append(f"one 1024x2048 image, whole-image protocol, random weights, median of {args.repeats} after a "
                  f"warm-up; peak CPU memory of the process (all models): "
                  f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB.")
-    notes.append("multi-scale + flip (scales 0.5-1.75, 12 passes) costs about 17x the whole-image time.")
+    notes.append("multi-scale + flip (scales 0.5-1.75, each with its flip) sees 2 x sum(scale^2) = 17.4 times the "
+                 "pixels of the whole-image protocol, so expect roughly 17x these times (computed, not measured).")
     record("zoo_inference: seconds per 1024x2048 image",
            markdown_table(["model", "device", "precision", "s / image", "images / s", "peak GPU GiB"], rows), notes)
 

@@ -36,6 +36,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
+def cli_process():
+    """``run_cli(args, kill_after_epoch_saves=None)``: the command line in a new process (see processes.py)."""
+    from processes import run_cli
+
+    return run_cli
+
+
+@pytest.fixture(scope="session")
 def raw_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An extracted stand-in download: 24 train, 10 val, 3 test, 2 train_extra frames at 512x256."""
     out = tmp_path_factory.mktemp("raw") / "cityscapes"

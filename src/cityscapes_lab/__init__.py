@@ -46,7 +46,7 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
-if TYPE_CHECKING:  # pragma: no cover
+if TYPE_CHECKING:  # pragma: no cover  (names for type checkers; imported on first use below)
     from .data.prepare import PrepareOptions, prepare
     from .data.prepared import PreparedData, SplitArrays, load_prepared
     from .data.synth import SynthOptions, synthesize

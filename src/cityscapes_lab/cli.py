@@ -190,6 +190,17 @@ def report(runs: Path) -> None:
             _say(f"wrote {path}")
 
 
+@cli.command("export-png")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the PNGs.")
+def export_png(folder: Path, out: Path) -> None:
+    """Write a derived training set (e.g. RUNS/datasets/im/run1/n2/gen0/pairs or .../set) as PNGs in the study's
+    layout: images/, masks/ and, for IM pairs, im/ (the inconsistency mask)."""
+    from .data.arrays import export_png as export
+
+    _say(f"wrote {export(folder, out)} pairs to {out}")
+
+
 @cli.group()
 def zoo() -> None:
     """Published Cityscapes models: their numbers, checkpoints and evaluation protocols."""

@@ -13,7 +13,8 @@ from cityscapes_lab.data import png
 from cityscapes_lab.errors import DataError
 from cityscapes_lab.labels import NAME_TO_LABEL, TRAIN_CLASS_NAMES
 from cityscapes_lab.metrics.folders import evaluate_folders
-from cityscapes_lab.metrics.official import ConfusionMatrix, official_scores
+from cityscapes_lab.metrics.official import ConfusionMatrix, _pair_histogram, official_scores
+
 
 def ids(*names: str) -> np.ndarray:
     return np.array([NAME_TO_LABEL[name].id for name in names])
@@ -33,6 +34,24 @@ def test_iou_counts_ignored_predictions_as_misses_but_not_as_false_positives():
     assert scores.miou == pytest.approx((0.5 + 0.5) / 2)
     # flat: TP 4 (road/sidewalk confusions stay inside the category), FN 1 (ego vehicle), FP 0
     assert scores.category_iou["flat"] == pytest.approx(4 / 5)
+
+
+@pytest.mark.parametrize("kind", ["runs", "noise", "strided"])
+def test_pair_histogram_counts_every_pair(kind):
+    # both code paths: long runs (label maps) are counted run by run, noise pixel by pixel
+    rng = np.random.default_rng(1)
+    if kind == "noise":
+        first, second = rng.integers(0, 256, (2, 64, 96), dtype=np.uint8)
+    else:
+        first = np.repeat(rng.integers(0, 34, (64, 6), dtype=np.uint8), 16, axis=1)
+        second = first.copy()
+        second[10:30, 20:50] = 7
+        second[0, 0], second[-1, -1] = 255, 0  # runs at both ends
+    if kind == "strided":
+        first, second = first[:, ::2], second[:, ::2]
+    expected = np.zeros((256, 256), dtype=np.int64)
+    np.add.at(expected, (first.ravel(), second.ravel()), 1)
+    assert np.array_equal(_pair_histogram(first, second), expected)
 
 
 def test_merge_equals_adding_everything_at_once():

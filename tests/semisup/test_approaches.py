@@ -2,9 +2,6 @@
 their mechanics, not only that they ran."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -175,43 +172,22 @@ def test_consistency_loss_sees_rgb_on_both_branches(tiny_paper, monkeypatch):
     assert any(torch.equal(x, first_view) for x in fed)  # the network received the RGB view unchanged
 
 
-KILL_AFTER_EPOCH_SAVES = """
-import os, signal, sys
-import cityscapes_lab.engine.train as train
-saves = 0
-original = train.save_checkpoint
-def save_then_maybe_die(path, content):
-    global saves
-    original(path, content)
-    saves += 1
-    if saves == {kill_after}:
-        os.kill(os.getpid(), signal.SIGKILL)
-train.save_checkpoint = save_then_maybe_die
-from cityscapes_lab.cli import main
-main(sys.argv[1:])
-"""
-
-
-def test_kill_in_generation_two_resumes_correctly(tiny_paper, tmp_path):
+def test_kill_in_generation_two_resumes_correctly(tiny_paper, tmp_path, cli_process):
     """IM with 2 generations of 2 students and 2 epochs after LDT (3 models): epoch checkpoints 1-6 are LDT's,
     7-10 generation 1's, 11 is the 1st epoch of generation 2's first student: killed there, then resumed."""
     settings = [s for s in TINY if not s.startswith("train.epochs")] + ["train.epochs=2"]
     args = ["study", "--data", str(tiny_paper), "--approaches", "im"] + [x for s in settings for x in ("--set", s)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_EPOCH_SAVES.format(kill_after=11), *args, "--out",
-                             str(tmp_path / "killed")], env=env, capture_output=True, text=True)
+    killed = cli_process([*args, "--out", str(tmp_path / "killed")], kill_after_epoch_saves=11)
     assert killed.returncode == -9, killed.stderr[-2000:]
     layout = StudyLayout(tmp_path / "killed")
     assert (layout.dataset(str(GroupKey("im", 1, 2, 1))) / "set" / "ids.json").exists()
     with ResultStore(layout.database) as store:
         statuses = {(r.approach, r.generation, r.member): r.status for r in store.trainings()}
     assert statuses[("im", 0, 1)] == "done" and statuses[("im", 1, 0)] == "running"
-    resumed = subprocess.run([sys.executable, "-m", "cityscapes_lab", *args, "--out", str(tmp_path / "killed")],
-                             env=env, capture_output=True, text=True)
+    resumed = cli_process([*args, "--out", str(tmp_path / "killed")])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "2 trainings run now, 5 already finished" in resumed.stdout
-    clean = subprocess.run([sys.executable, "-m", "cityscapes_lab", *args, "--out", str(tmp_path / "clean")],
-                           env=env, capture_output=True, text=True)
+    clean = cli_process([*args, "--out", str(tmp_path / "clean")])
     assert clean.returncode == 0, clean.stderr[-2000:]
     with ResultStore(layout.database) as a, ResultStore(tmp_path / "clean" / "results.sqlite") as b:
         assert [r.key for r in a.trainings()] == [r.key for r in b.trainings()]
@@ -220,3 +196,18 @@ def test_kill_in_generation_two_resumes_correctly(tiny_paper, tmp_path):
             for split in theirs:
                 assert ours[split] == pytest.approx(theirs[split], abs=1e-9, nan_ok=True), row.key
     assert json.loads((layout.dataset(str(GroupKey("im", 1, 2, 1))) / "stats.json").read_text())
+
+
+def test_pseudo_labelled_sets_export_to_the_studys_png_layout(study, tmp_path, capsys):
+    from cityscapes_lab.cli import main
+    from cityscapes_lab.data import png
+
+    folder = study.dataset(str(GroupKey("im", 1, 2, 0))) / "pairs"
+    with pytest.raises(SystemExit) as exited:
+        main(["export-png", str(folder), "--out", str(tmp_path / "png")])
+    assert exited.value.code == 0 and "wrote 12 pairs" in capsys.readouterr().out
+    pairs, masks = load_arrays(folder), np.asarray(load_extra(folder, "masks"))
+    first = pairs.ids[0]
+    assert np.array_equal(png.decode((tmp_path / "png" / "masks" / f"{first}.png").read_bytes()),
+                          np.asarray(pairs.labels[0]))
+    assert np.array_equal(png.decode((tmp_path / "png" / "im" / f"{first}.png").read_bytes()) > 0, masks[0])

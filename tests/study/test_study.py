@@ -1,9 +1,6 @@
 """The study runner on tiny data: records, top-K, report, failures, settings checks, and resume after kill -9."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -122,32 +119,13 @@ def test_a_diverging_training_is_marked_failed_and_the_study_goes_on(tiny_paper,
                                                                                           ["m02", "m00"])
 
 
-KILL_AFTER_EPOCH_SAVES = """
-import os, signal, sys
-import cityscapes_lab.engine.train as train
-saves = 0
-original = train.save_checkpoint
-def save_then_maybe_die(path, content):
-    global saves
-    original(path, content)
-    saves += 1
-    if saves == {kill_after}:
-        os.kill(os.getpid(), signal.SIGKILL)
-train.save_checkpoint = save_then_maybe_die
-from cityscapes_lab.cli import main
-main(sys.argv[1:])
-"""
-
-
-def test_kill_minus_9_in_the_middle_of_a_training_then_resume(tiny_paper, tmp_path):
+def test_kill_minus_9_in_the_middle_of_a_training_then_resume(tiny_paper, tmp_path, cli_process):
     """Killed after the 2nd epoch of the 2nd training (of 2 with 3 epochs each), the same command continues:
     the finished training is not redone, the killed one resumes at epoch 3, and every score equals an
     uninterrupted study's."""
     settings = TINY + ["study.models=2", "train.epochs=3"]
     args = ["study", "--data", str(tiny_paper), "--approaches", "ldt"] + [x for s in settings for x in ("--set", s)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_EPOCH_SAVES.format(kill_after=5), *args,
-                             "--out", str(tmp_path / "killed")], env=env, capture_output=True, text=True)
+    killed = cli_process([*args, "--out", str(tmp_path / "killed")], kill_after_epoch_saves=5)
     assert killed.returncode == -9, killed.stderr[-2000:]
     layout = StudyLayout(tmp_path / "killed")
     first, second = layout.root / "models/ldt/run1/gen0/m00", layout.root / "models/ldt/run1/gen0/m01"
@@ -157,16 +135,14 @@ def test_kill_minus_9_in_the_middle_of_a_training_then_resume(tiny_paper, tmp_pa
     with ResultStore(layout.database) as store:
         assert [r.status for r in store.trainings()] == ["done", "running"]
 
-    resumed = subprocess.run([sys.executable, "-m", "cityscapes_lab", *args, "--out", str(tmp_path / "killed")],
-                             env=env, capture_output=True, text=True)
+    resumed = cli_process([*args, "--out", str(tmp_path / "killed")])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "1 trainings run now, 1 already finished" in resumed.stdout
     assert (first / "result.json").stat().st_mtime_ns == finished_at
     history = (second / "history.csv").read_text().splitlines()
     assert len(history) == 4  # epochs 1-2 from before the kill, epoch 3 after it
 
-    clean = subprocess.run([sys.executable, "-m", "cityscapes_lab", *args, "--out", str(tmp_path / "clean")],
-                           env=env, capture_output=True, text=True)
+    clean = cli_process([*args, "--out", str(tmp_path / "clean")])
     assert clean.returncode == 0, clean.stderr[-2000:]
     with ResultStore(layout.database) as a, ResultStore(tmp_path / "clean" / "results.sqlite") as b:
         assert len(a.trainings()) == len(b.trainings()) == 2

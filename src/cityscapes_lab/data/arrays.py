@@ -63,3 +63,22 @@ def load_extra(folder: Path, name: str) -> RowArray | None:
     """An extra array saved beside the images (e.g. inconsistency masks), or None."""
     path = Path(folder) / f"{name}.npy"
     return RowArray(path) if path.exists() else None
+
+
+def export_png(folder: Path, out: Path) -> int:
+    """Write an array folder in the study's PNG layout: ``images/<id>.png``, ``masks/<id>.png`` and, where the
+    folder keeps inconsistency masks, ``im/<id>.png`` (255 under the mask). Returns the number of rows."""
+    from . import png
+
+    arrays = load_arrays(folder)
+    masks = load_extra(folder, "masks")
+    out = Path(out)
+    for sub in ("images", "masks") + (("im",) if masks is not None else ()):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    for row, image_id in enumerate(arrays.ids):
+        atomic.write_bytes(out / "images" / f"{image_id}.png", png.encode(np.asarray(arrays.images[row])))
+        if arrays.labels is not None:
+            atomic.write_bytes(out / "masks" / f"{image_id}.png", png.encode(np.asarray(arrays.labels[row])))
+        if masks is not None:
+            atomic.write_bytes(out / "im" / f"{image_id}.png", png.encode(np.asarray(masks[row]).astype(np.uint8) * 255))
+    return len(arrays.ids)

@@ -87,30 +87,30 @@ def _inflated_copy(data: bytes) -> bytes | None:
     return b"".join((PNG_SIGNATURE, _chunk(b"IHDR", data[16:29]), _chunk(b"IDAT", stored), _chunk(b"IEND", b"")))
 
 
-def _decode_grey16(data: bytes) -> np.ndarray | None:
-    """A 16-bit greyscale PNG (instance ids) through libspng: its rows are byte-for-byte those of an 8-bit
-    grey+alpha PNG of the same size (2 bytes per pixel, filtered with 2-byte steps), so the header is relabelled,
-    libspng decodes the byte pairs, and they are joined big-endian. None if not applicable."""
+def decode_grey16_pairs(data: bytes) -> np.ndarray | None:
+    """A 16-bit greyscale PNG (instance ids) as (H, W, 2) uint8 big-endian byte pairs (high, low) through libspng:
+    its rows are byte-for-byte those of an 8-bit grey+alpha PNG of the same size (2 bytes per pixel, filtered with
+    2-byte steps), so the header is relabelled. None if not applicable (no libspng/libdeflate, interlaced, ...)."""
     header = parse_header(data[:33])
-    if header.colour_type != 0 or header.bit_depth != 16 or data[28] != 0 or _libdeflate is None:
+    if (header.colour_type != 0 or header.bit_depth != 16 or data[28] != 0 or _spng is None
+            or _libdeflate is None):
         return None
     ihdr = data[16:24] + bytes([8, 4]) + data[26:29]
     relabelled = PNG_SIGNATURE + _chunk(b"IHDR", ihdr) + data[33:]
     try:
-        pairs = _spng.load(relabelled)
+        return np.ascontiguousarray(_spng.load(relabelled))
     except Exception as exc:
         raise PngError(f"corrupt or truncated PNG ({exc})") from None
-    return np.ascontiguousarray(pairs).view(">u2")[..., 0].astype(np.uint16)  # big-endian pairs -> native
 
 
 def decode(data: bytes) -> np.ndarray:
     """Decode PNG bytes to (H, W) or (H, W, C) uint8/uint16, RGB order; raises PngError."""
     if not data.startswith(PNG_SIGNATURE):
         raise PngError("not a PNG file (bad signature)")
-    if _spng is not None and data[24:25] == b"\x10":
-        grey16 = _decode_grey16(data)
-        if grey16 is not None:
-            return grey16
+    if data[24:25] == b"\x10":
+        pairs = decode_grey16_pairs(data)
+        if pairs is not None:
+            return pairs.view(">u2")[..., 0].astype(np.uint16)  # big-endian pairs -> native
     if _spng is not None and data[24:25] == b"\x08":  # pyspng itself mis-decodes 16-bit greyscale
         if _libdeflate is not None:
             data = _inflated_copy(data) or data

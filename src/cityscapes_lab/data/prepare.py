@@ -254,6 +254,99 @@ def _export_folders(options: PrepareOptions, splits: dict[str, list[str]], parti
     return {i: str(partial / leaf) for leaf in leaves for i in splits.get(leaf, [])}
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What a prepare run makes, fixed before any pixel is written."""
+
+    index: RawIndex
+    frames: dict[str, list[RawFrame]]
+    ids: dict[str, list[str]]
+    splits: dict[str, list[str]]
+    size: tuple[int, int]  # stored (width, height)
+    original_size: tuple[int, int]
+    instances: dict[str, bool]  # sources whose instance ids are kept (for iIoU)
+
+
+def _plan(raw: Path, options: PrepareOptions) -> _Plan:
+    """Validate the download and decide sizes and splits (raises before anything is written)."""
+    index = open_raw(raw)
+    frames = scan(index, _wanted_splits(options, index))
+    ids = {split: [str(item.frame) for item in items] for split, items in frames.items()}
+    header = png.parse_header(index.read(frames["train"][0].image)[:33])
+    original = (header.width, header.height)
+    size = paper_size(*original) if options.protocol == "paper" else tuple(options.size or original)
+    # Instance ids (for iIoU) are kept for the official val split, where every frame has them.
+    instances = {source: source == "val" and all(item.instance for item in items) for source, items in frames.items()}
+    return _Plan(index, frames, ids, make_splits(options, ids), size, original, instances)
+
+
+def _open_partial(partial: Path, fingerprint: dict) -> None:
+    """Reuse an interrupted run's folder if it was making the same thing; else start it over."""
+    fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back from plan.json
+    plan_file = partial / "plan.json"
+    if partial.exists() and (not plan_file.exists() or json.loads(plan_file.read_text()) != fingerprint):
+        shutil.rmtree(partial)
+    (partial / "done").mkdir(parents=True, exist_ok=True)
+    (partial / "arrays").mkdir(exist_ok=True)
+    atomic.write_json(plan_file, fingerprint)
+
+
+def _allocate(arrays: Path, plan: _Plan) -> None:
+    """Create the (zero-filled) array files that the workers fill in."""
+    width, height = plan.size
+    for source, items in plan.frames.items():
+        shapes = {"images": ((len(items), height, width, 3), np.uint8)}
+        if items[0].label is not None:
+            shapes["labels"] = ((len(items), height, width), np.uint8)
+        if plan.instances[source]:
+            shapes["instances"] = ((len(items), height, width), np.uint16)
+        for kind, (shape, dtype) in shapes.items():
+            path = arrays / f"{source}.{kind}.npy"
+            if not path.exists():
+                tmp = path.with_name(path.name + ".tmp")
+                np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape).flush()
+                tmp.replace(path)
+
+
+def _chunks(plan: _Plan, partial: Path, lut: np.ndarray, export: dict[str, str]) -> list[_Chunk]:
+    """The chunks of frames still to do (a finished chunk has a marker in ``done/``)."""
+    chunks = []
+    for source, items in plan.frames.items():
+        for number, start in enumerate(range(0, len(items), CHUNK)):
+            if (partial / "done" / f"{source}-{number}").exists():
+                continue
+            part = items[start:start + CHUNK]
+            files = [f for item in part for f in (item.image, item.label) if f]
+            if plan.instances[source]:
+                files += [item.instance for item in part]
+            chunks.append(_Chunk(source, number, tuple(range(start, start + len(part))), tuple(part),
+                                 plan.instances[source], {f: plan.index.files[f] for f in files},
+                                 str(partial / "arrays"), plan.size, tuple(int(v) for v in lut),
+                                 {str(i.frame): export[str(i.frame)] for i in part if str(i.frame) in export}))
+    return chunks
+
+
+def _meta(plan: _Plan, protocol: Protocol, options: PrepareOptions, raw: Path) -> dict:
+    return {
+        "format": FORMAT,
+        "protocol": protocol.name,
+        "description": protocol.description,
+        "label_scheme": protocol.label_scheme,
+        "num_classes": protocol.num_classes,
+        "ignore_index": protocol.ignore_index,
+        "size": list(plan.size),
+        "source": {"path": str(Path(raw).resolve()), "kind": "zips" if plan.index.zips else "folders",
+                   "stand_in": is_stand_in(plan.index), "original_size": list(plan.original_size)},
+        "sources": {source: {"ids": plan.ids[source], "labels": items[0].label is not None,
+                             "instances": plan.instances[source]} for source, items in plan.frames.items()},
+        "counts": {name: len(values) for name, values in plan.splits.items()},
+        "options": asdict(options),
+        "notes": count_notes(plan.frames),
+        "versions": _versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
 def prepare(raw: Path, out: Path, options: PrepareOptions, *, workers: int | None = None,
             force: bool = False) -> PrepareResult:
     """Prepare the raw download at ``raw`` into ``out`` for ``options.protocol``.
@@ -269,55 +362,12 @@ def prepare(raw: Path, out: Path, options: PrepareOptions, *, workers: int | Non
             return PrepareResult(out, skipped=True)
         raise DataError(f"{out}: exists and is not a prepared folder; choose a new --out or pass --force")
     atomic.check_writable_parent(out)
-    index = open_raw(raw)
-    frames = scan(index, _wanted_splits(options, index))
-    ids = {split: [str(item.frame) for item in items] for split, items in frames.items()}
-    splits = make_splits(options, ids)
-    header = png.parse_header(index.read(frames["train"][0].image)[:33])
-    if options.protocol == "paper":
-        size = paper_size(header.width, header.height)
-    else:
-        size = tuple(options.size) if options.size else (header.width, header.height)
-
+    plan = _plan(raw, options)
     partial = atomic.partial_path(out)
-    arrays = partial / "arrays"
-    plan = json.loads(json.dumps({"format": FORMAT, "raw": str(Path(raw).resolve()), "options": asdict(options),
-                                  "size": list(size), "ids": ids}))  # as it reads back from plan.json
-    plan_file = partial / "plan.json"
-    if partial.exists() and (not plan_file.exists() or json.loads(plan_file.read_text()) != plan):
-        shutil.rmtree(partial)  # an interrupted run of something else: start over
-    (partial / "done").mkdir(parents=True, exist_ok=True)
-    arrays.mkdir(exist_ok=True)
-    atomic.write_json(plan_file, plan)
-    # Instance ids (for iIoU) are kept for the official val split, where every frame has them.
-    with_instances = {source: source == "val" and all(item.instance for item in items)
-                      for source, items in frames.items()}
-    for source, items in frames.items():
-        shapes = {"images": ((len(items), size[1], size[0], 3), np.uint8)}
-        if items[0].label is not None:
-            shapes["labels"] = ((len(items), size[1], size[0]), np.uint8)
-        if with_instances[source]:
-            shapes["instances"] = ((len(items), size[1], size[0]), np.uint16)
-        for kind, (shape, dtype) in shapes.items():
-            path = arrays / f"{source}.{kind}.npy"
-            if not path.exists():
-                tmp = path.with_name(path.name + ".tmp")
-                np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape).flush()
-                tmp.replace(path)
-
-    export = _export_folders(options, splits, partial)
-    chunks = []
-    for source, items in frames.items():
-        for number, start in enumerate(range(0, len(items), CHUNK)):
-            if (partial / "done" / f"{source}-{number}").exists():
-                continue
-            part = items[start:start + CHUNK]
-            files = [f for item in part for f in (item.image, item.label) if f]
-            if with_instances[source]:
-                files += [item.instance for item in part]
-            chunks.append(_Chunk(source, number, tuple(range(start, start + len(part))), tuple(part),
-                                 with_instances[source], {f: index.files[f] for f in files}, str(arrays), size, tuple(int(v) for v in protocol.lut),
-                                 {str(item.frame): export[str(item.frame)] for item in part if str(item.frame) in export}))
+    _open_partial(partial, {"format": FORMAT, "raw": str(Path(raw).resolve()), "options": asdict(options),
+                            "size": list(plan.size), "ids": plan.ids})
+    _allocate(partial / "arrays", plan)
+    chunks = _chunks(plan, partial, protocol.lut, _export_folders(options, plan.splits, partial))
     try:
         for chunk, _ in run_tasks(_prepare_chunk, chunks, workers=workers or default_workers(),
                                   desc=f"prepare ({protocol.name})", units=lambda c: len(c.frames),
@@ -326,30 +376,11 @@ def prepare(raw: Path, out: Path, options: PrepareOptions, *, workers: int | Non
     except DataError:
         shutil.rmtree(partial, ignore_errors=True)  # the input is at fault: leave nothing behind
         raise
-
-    notes = count_notes(frames)
-    meta = {
-        "format": FORMAT,
-        "protocol": protocol.name,
-        "description": protocol.description,
-        "label_scheme": protocol.label_scheme,
-        "num_classes": protocol.num_classes,
-        "ignore_index": protocol.ignore_index,
-        "size": list(size),
-        "source": {"path": str(Path(raw).resolve()), "kind": "zips" if index.zips else "folders",
-                   "stand_in": is_stand_in(index), "original_size": [header.width, header.height]},
-        "sources": {source: {"ids": ids[source], "labels": items[0].label is not None,
-                             "instances": with_instances[source]} for source, items in frames.items()},
-        "counts": {name: len(values) for name, values in splits.items()},
-        "options": asdict(options),
-        "notes": notes,
-        "versions": _versions(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    atomic.write_json(partial / "splits.json", splits)
+    meta = _meta(plan, protocol, options, raw)
+    atomic.write_json(partial / "splits.json", plan.splits)
     atomic.write_json(partial / "meta.json", meta)
     shutil.rmtree(partial / "done")
-    plan_file.unlink()
+    (partial / "plan.json").unlink()
     atomic.publish_folder(partial, out)
-    return PrepareResult(out, skipped=False, counts=meta["counts"], notes=tuple(notes),
+    return PrepareResult(out, skipped=False, counts=meta["counts"], notes=tuple(meta["notes"]),
                          seconds=time.perf_counter() - started)

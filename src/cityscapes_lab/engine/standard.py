@@ -90,75 +90,95 @@ def validate(model: nn.Module, data: PreparedData, split_name: str, processes: P
     return official_scores(confusion.all_reduce()).miou
 
 
+@dataclass
+class _Run:
+    """The state of a standard-protocol training that a checkpoint keeps."""
+
+    epoch: int = 0
+    best: float = -math.inf
+    history: list = None
+
+    def as_dict(self) -> dict:
+        return {"epoch": self.epoch, "best": self.best, "history": self.history or []}
+
+
+def _train_epoch(wrapped: nn.Module, optimizer: torch.optim.Optimizer, split, stream: BatchStream, steps: range,
+                 config: Config, processes: Processes, aux: bool, seed: int, progress) -> float:
+    """One epoch: each process takes its share of every global batch, augments it on its device, steps."""
+    train = config.train
+    precision = resolve_precision(train.precision, processes.device)
+    total_steps = train.epochs * len(steps)
+    generator = torch.Generator(device=processes.device)
+    losses = []
+    wrapped.train()
+    for step in steps:
+        if train.schedule == "poly":
+            for group in optimizer.param_groups:
+                group["lr"] = train.lr * (1 - step / total_steps) ** 0.9
+        generator.manual_seed(seed * 1_000_003 + step * 101 + processes.rank)
+        images, labels = to_batch(split.images, split.labels, stream.batch(step)[processes.rank::processes.world_size],
+                                  processes.device, False)
+        images, labels = augment_batch(images, labels, config.online, generator)
+        if train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        loss = _loss(wrapped, images, labels, precision, train.aux_weight, aux)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"the loss became {float(loss)} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        progress(1)
+    return float(np.mean(losses))
+
+
 def train_standard(name: str, model: nn.Module, options: dict, data: PreparedData, config: Config, out: Path,
                    processes: Processes, train_split: str = "train", val_split: str = "val", seed: int = 0) -> dict:
     """Train (or fine-tune) ``model`` on ``train_split``; keep the epoch with the best val mIoU in ``best.pt``.
     Every process sees its share of each global batch of ``train.batch_size``. Returns the summary written to
     ``out/result.json`` by the main process."""
-    train_config = config.train
-    precision = resolve_precision(train_config.precision, processes.device)
+    train = config.train
     model.to(processes.device)
-    if train_config.channels_last:
+    if train.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = DecoupledAdamW(model.parameters(), lr=train_config.lr, decay=train_config.weight_decay,
-                               eps=train_config.adam_eps)
+    optimizer = DecoupledAdamW(model.parameters(), lr=train.lr, decay=train.weight_decay, eps=train.adam_eps)
     split = data.split(train_split)
-    steps = train_config.steps_per_epoch or max(1, len(split) // train_config.batch_size)
-    stream = BatchStream(len(split), train_config.batch_size, seed)
-    out = Path(out)
-    state = {"epoch": 0, "best": -math.inf, "history": []}
+    steps = train.steps_per_epoch or max(1, len(split) // train.batch_size)
+    stream = BatchStream(len(split), train.batch_size, seed)
+    out, run = Path(out), _Run(history=[])
     if (out / "last.pt").exists():
         saved = load_checkpoint(out / "last.pt", map_location=processes.device)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
-        state = {key: saved[key] for key in state}
-    aux = has_aux_head(model) and train_config.aux_weight > 0
-    wrapped = nn.parallel.DistributedDataParallel(model, find_unused_parameters=False) \
-        if processes.world_size > 1 else model
-    generator = torch.Generator(device=processes.device)
-    total_steps = train_config.epochs * steps
-    bar = tqdm(total=total_steps, initial=state["epoch"] * steps, desc=f"train {name}", unit="step",
+        run = _Run(saved["epoch"], saved["best"], saved["history"])
+    aux = has_aux_head(model) and train.aux_weight > 0
+    wrapped = nn.parallel.DistributedDataParallel(model) if processes.world_size > 1 else model
+    bar = tqdm(total=train.epochs * steps, initial=run.epoch * steps, desc=f"train {name}", unit="step",
                disable=None if processes.main else True, dynamic_ncols=True)
-    while state["epoch"] < train_config.epochs:
-        start, epoch, losses = time.perf_counter(), state["epoch"], []
-        model.train()
-        for step in range(epoch * steps, (epoch + 1) * steps):
-            if train_config.schedule == "poly":
-                for group in optimizer.param_groups:
-                    group["lr"] = train_config.lr * (1 - step / total_steps) ** 0.9
-            generator.manual_seed(seed * 1_000_003 + step * 101 + processes.rank)
-            batch = stream.batch(step)[processes.rank::processes.world_size]
-            images, labels = to_batch(split.images, split.labels, batch, processes.device, False)
-            images, labels = augment_batch(images, labels, config.online, generator)
-            if train_config.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            loss = _loss(wrapped, images, labels, precision, train_config.aux_weight, aux)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"the loss became {float(loss)} at step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-            bar.update()
-        score = validate(model, data, val_split, processes, train_config.eval_batch_size, precision)
-        state["epoch"] = epoch + 1
-        state["history"].append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_miou": score,
-                                 "seconds": time.perf_counter() - start})
+    while run.epoch < train.epochs:
+        start = time.perf_counter()
+        loss = _train_epoch(wrapped, optimizer, split, stream, range(run.epoch * steps, (run.epoch + 1) * steps),
+                            config, processes, aux, seed, bar.update)
+        score = validate(model, data, val_split, processes, train.eval_batch_size,
+                         resolve_precision(train.precision, processes.device))
+        run.epoch += 1
+        run.history.append({"epoch": run.epoch, "loss": loss, "val_miou": score,
+                            "seconds": time.perf_counter() - start})
         if processes.main:
-            if score > state["best"]:
-                state["best"] = score
+            if score > run.best:
+                run.best = score
                 save_checkpoint(out / "best.pt", {
-                    "model_name": name, "model_options": options,
-                    "num_classes": data.num_classes, "protocol": data.protocol, "input_size": None,
+                    "model_name": name, "model_options": options, "num_classes": data.num_classes,
+                    "protocol": data.protocol, "input_size": None,
                     "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                    "val_miou": score, "epoch": epoch + 1})
+                    "val_miou": score, "epoch": run.epoch})
             save_checkpoint(out / "last.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                              **state})
+                                              **run.as_dict()})
         if processes.world_size > 1:
             dist.barrier()  # every process resumes from the same checkpoint after a stop
     bar.close()
-    summary = {"model": name, "world_size": processes.world_size, "epochs": state["epoch"],
-               "best_val_miou": state["best"], "history": state["history"], "device": processes.device.type}
+    summary = {"model": name, "world_size": processes.world_size, "epochs": run.epoch, "best_val_miou": run.best,
+               "history": run.history, "device": processes.device.type}
     if processes.main:
         atomic.write_text(out / "result.json", json.dumps(summary, indent=2) + "\n")
     return summary

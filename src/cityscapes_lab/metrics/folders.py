@@ -30,16 +30,17 @@ class _Pairs:
     labels_from_instances: bool = False  # read the labelIds out of the instance images (see below)
 
 
-def label_ids_from_instances(instance_ids: np.ndarray, where: np.ndarray) -> np.ndarray:
-    """The labelIds an ``*_instanceIds.png`` holds: labelId*1000+k on instances, the labelId everywhere else
-    (the official tools draw both files from the same polygons). ``where``: flat indices of values >= 1000."""
-    label_ids = instance_ids.astype(np.uint8)  # exact below 1000, where the value is the labelId itself
-    label_ids.ravel()[where] = instance_ids.ravel().take(where) // 1000
-    return label_ids
+def read_instances(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An ``*_instanceIds.png`` as (labelIds (H, W) uint8, flat indices of its values of 256 and more, those values).
 
-
-def _instance_pixels(instance_ids: np.ndarray) -> np.ndarray:
-    return np.flatnonzero(instance_ids >= 1000)
+    The file holds the labelIds too (labelId*1000+k on instances, the labelId everywhere else: the official
+    tools draw both files from the same polygons), so only the few instance pixels need arithmetic."""
+    values = _read(path, "instance ground truth")
+    where = np.flatnonzero(values >= 256)  # a boolean mask first: much faster than nonzero on the integers
+    ids = values.ravel().take(where).astype(np.int64)
+    label_ids = values.astype(np.uint8)  # exact below 256
+    label_ids.ravel()[where] = np.where(ids >= 1000, ids // 1000, 255)  # 256..999 are no labelIds: refused later
+    return label_ids, where, ids
 
 
 def _read(path: str, what: str) -> np.ndarray:
@@ -58,12 +59,9 @@ def _evaluate_pairs(task: _Pairs) -> tuple[ConfusionMatrix, InstanceStats | None
     use_instances = all(instance for _, _, instance in task.items)
     for prediction_path, label_path, instance_path in task.items:
         prediction = _read(prediction_path, "prediction")
-        instance_ids = _read(instance_path, "instance ground truth") if use_instances else None
-        where = _instance_pixels(instance_ids) if use_instances else None
-        if task.labels_from_instances:  # one PNG decoded instead of two
-            label = label_ids_from_instances(instance_ids, where)
-        else:
-            label = _read(label_path, "ground truth")
+        if use_instances:
+            derived, where, ids = read_instances(instance_path)
+        label = derived if task.labels_from_instances else _read(label_path, "ground truth")
         if prediction.ndim != 2:
             raise DataError(f"{prediction_path}: has several channels; predictions are single-channel labelId PNGs")
         if prediction.shape != label.shape:
@@ -78,7 +76,8 @@ def _evaluate_pairs(task: _Pairs) -> tuple[ConfusionMatrix, InstanceStats | None
             raise DataError(f"{path}: value {int(array.max())} is no Cityscapes labelId (0..33); write the {what} in "
                             "labelIds (convert trainIds with cityscapes_lab.labels.TRAINID_TO_LABELID)") from None
         if use_instances:
-            instances.add(prediction, instance_ids, where)
+            counted = ids > 1000  # the evaluator's rule: instance ids only
+            instances.add_pixels(prediction.ravel().take(where[counted]), ids[counted])
     return confusion, instances if use_instances else None
 
 
@@ -126,10 +125,8 @@ def evaluate_folders(pred_dir: Path, gt_dir: Path, *, workers: int | None = None
     with_instances = all(instance for _, _, instance in pairs)
     # The instance images repeat the labelIds; read them from there only if they agree with the labelIds files,
     # checked on the first image (a folder whose two files disagree is read as the evaluator reads it).
-    if with_instances:
-        first = _read(pairs[0][2], "instance ground truth")
-        derived = label_ids_from_instances(first, _instance_pixels(first))
-    from_instances = with_instances and np.array_equal(derived, _read(pairs[0][1], "ground truth"))
+    from_instances = with_instances and np.array_equal(read_instances(pairs[0][2])[0],
+                                                       _read(pairs[0][1], "ground truth"))
     chunks = [_Pairs(tuple(pairs[i:i + CHUNK]), from_instances) for i in range(0, len(pairs), CHUNK)]
     confusion, instances = ConfusionMatrix(), InstanceStats()
     for _, (part_confusion, part_instances) in run_tasks(_evaluate_pairs, chunks, workers=workers or default_workers(),

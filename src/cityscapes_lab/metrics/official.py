@@ -77,19 +77,31 @@ _FOLD_COLUMNS[np.arange(256), _COLUMN] = 1
 
 
 def _pair_histogram(first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """(256, 256) int64 counts of value pairs of two uint8 arrays of one shape: OpenCV's 2-D histogram (one
-    pass, no temporaries), over blocks of rows small enough for its float32 counts to stay exact."""
+    """(256, 256) int64 counts of value pairs of two uint8 arrays of one shape.
+
+    Each pair is read as one 16-bit number (the arrays interleaved). Label maps are mostly long runs of one
+    pair, so the runs are counted (about 1.7x faster than a histogram of every pixel); maps with many short runs
+    (noise) take OpenCV's histogram, over blocks of rows small enough for its float32 counts to stay exact."""
     import cv2
 
     width = first.shape[-1] if first.ndim > 1 else len(first)
     first, second = first.reshape(-1, width), second.reshape(-1, width)
+    keys = cv2.merge([second, first]).view(np.uint16).ravel()  # little-endian: first in the high byte
+    changes = keys[1:] != keys[:-1]
+    if np.count_nonzero(changes) < keys.size // 16:
+        starts = np.flatnonzero(changes)
+        starts += 1
+        starts = np.concatenate(([0], starts))
+        lengths = np.diff(starts, append=keys.size)
+        return np.bincount(keys[starts], weights=lengths, minlength=1 << 16).astype(np.int64).reshape(256, 256)
+    total = np.zeros(1 << 16, dtype=np.int64)
     rows = max(1, (1 << 24) // width)
-    total = np.zeros((256, 256), dtype=np.int64)
-    for start in range(0, len(first), rows):
-        total += cv2.calcHist([np.ascontiguousarray(first[start:start + rows]),
-                               np.ascontiguousarray(second[start:start + rows])], [0, 1], None, [256, 256],
-                              [0, 256, 0, 256]).astype(np.int64)
-    return total
+    for start in range(0, keys.size, rows * width):
+        total += cv2.calcHist([keys[start:start + rows * width]], [0], None, [1 << 16], [0, 1 << 16]
+                              ).ravel().astype(np.int64)
+    return total.reshape(256, 256)
+
+
 _INSTANCE_CATEGORY = _instance_categories()
 _IGNORED_INSTANCE_CATEGORY = _ignored_instance_category()
 
@@ -140,28 +152,32 @@ class InstanceStats:
     category_fn: np.ndarray = field(default_factory=lambda: np.zeros(len(CATEGORY_NAMES)))
     seen: bool = False
 
-    def add(self, prediction_label_ids: np.ndarray, instance_ids: np.ndarray, where: np.ndarray | None = None
-            ) -> None:
+    def add(self, prediction_label_ids: np.ndarray, instance_ids: np.ndarray) -> None:
         """Count one image: the prediction in labelIds (as submitted; convert trainIds with TRAINID_TO_LABELID)
-        and ``*_instanceIds.png`` content (labelId*1000+k for instances). ``where``: the flat indices of the
-        pixels with ids of 1000 and more, if already known."""
+        and ``*_instanceIds.png`` content (labelId*1000+k for instances)."""
+        where = np.flatnonzero(instance_ids > 1000)  # the evaluator's rule: instance ids only
+        self.add_pixels(prediction_label_ids.ravel().take(where), instance_ids.ravel().take(where))
+
+    def add_pixels(self, predicted: np.ndarray, instance_ids: np.ndarray) -> None:
+        """Count one image given only at its instance pixels: predicted labelIds and instance ids (> 1000)."""
         sizes = _average_instance_sizes() * self.area_scale
         self.seen = True
-        if where is None:
-            where = np.flatnonzero(instance_ids >= 1000)
-        where = where[instance_ids.ravel().take(where) > 1000]  # the evaluator's rule: instance ids only
-        if where.size == 0:
+        if instance_ids.size == 0:
             return
-        instances = instance_ids.ravel().take(where).astype(np.int64)
-        predicted = prediction_label_ids.ravel().take(where)
-        label_of_pixel = instances // 1000
+        instances, predicted = instance_ids.astype(np.int64), predicted.astype(np.int64)
+        if predicted.min() < 0 or predicted.max() > 255:
+            raise ValueError("predicted labelIds beyond 0..255")
         per_id = np.bincount(instances)  # indexed by instance id (< 34000)
         ids = np.flatnonzero(per_id)
         pixel_counts = per_id[ids]
-        hits = np.bincount(instances[predicted == label_of_pixel], minlength=len(per_id))[ids]
+        # one pass over the pixels: counts of (instance, predicted labelId), instances renumbered 0..n-1
+        renumber = np.zeros(len(per_id), dtype=np.int64)
+        renumber[ids] = np.arange(len(ids))
+        pairs = np.bincount(renumber[instances] * 256 + predicted, minlength=len(ids) * 256).reshape(len(ids), 256)
+        hits = pairs[np.arange(len(ids)), ids // 1000]
         # a category hit: predicted as any label with instances of the instance's category (caravan counts for car)
-        same_category = _INSTANCE_CATEGORY[predicted] == _INSTANCE_CATEGORY[label_of_pixel]
-        category_hits = np.bincount(instances[same_category], minlength=len(per_id))[ids]
+        same_category = _INSTANCE_CATEGORY[None, :] == _INSTANCE_CATEGORY[ids // 1000][:, None]
+        category_hits = (pairs * same_category).sum(axis=1)
         train_ids = LABELID_TO_TRAINID[ids // 1000].astype(np.int64)
         counted = train_ids < C  # ignored classes (caravan, trailer) do not count
         train_ids, pixel_counts = train_ids[counted], pixel_counts[counted]
