@@ -30,14 +30,17 @@ def test_python_dash_m_and_version():
 
 
 def test_import_is_light_and_reads_nothing(tmp_path):
-    """Importing the package loads no torch, opens no file of the working directory and sets no global state."""
+    """Importing the package loads no torch and opens no file of the working directory; its one setting is the
+    huge-page default of PyTorch's CPU allocator, which a user's own value overrides."""
     code = ("import sys, cityscapes_lab; "
             "assert 'torch' not in sys.modules, 'torch imported'; "
             "assert 'cityscapes_lab.data.prepare' not in sys.modules; "
-            "print(cityscapes_lab.__version__)")
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                            env={"PATH": "/usr/bin:/bin"})
-    assert result.returncode == 0, result.stderr
+            "import os; print(os.environ['THP_MEM_ALLOC_ENABLE'])")
+    for env, expected in (({}, "1"), ({"THP_MEM_ALLOC_ENABLE": "0"}, "0")):
+        result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                                env={"PATH": "/usr/bin:/bin", **env})
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == expected
     assert list(tmp_path.iterdir()) == []
 
 
