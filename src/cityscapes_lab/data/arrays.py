@@ -80,5 +80,6 @@ def export_png(folder: Path, out: Path) -> int:
         if arrays.labels is not None:
             atomic.write_bytes(out / "masks" / f"{image_id}.png", png.encode(np.asarray(arrays.labels[row])))
         if masks is not None:
-            atomic.write_bytes(out / "im" / f"{image_id}.png", png.encode(np.asarray(masks[row]).astype(np.uint8) * 255))
+            im = np.asarray(masks[row]).astype(np.uint8) * 255
+            atomic.write_bytes(out / "im" / f"{image_id}.png", png.encode(im))
     return len(arrays.ids)

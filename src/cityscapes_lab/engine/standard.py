@@ -10,7 +10,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -96,17 +96,16 @@ class _Run:
 
     epoch: int = 0
     best: float = -math.inf
-    history: list = None
+    history: list = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {"epoch": self.epoch, "best": self.best, "history": self.history or []}
+        return {"epoch": self.epoch, "best": self.best, "history": self.history}
 
 
 def _train_epoch(wrapped: nn.Module, optimizer: torch.optim.Optimizer, split, stream: BatchStream, steps: range,
-                 config: Config, processes: Processes, aux: bool, seed: int, progress) -> float:
+                 config: Config, processes: Processes, precision, aux: bool, seed: int, progress) -> float:
     """One epoch: each process takes its share of every global batch, augments it on its device, steps."""
     train = config.train
-    precision = resolve_precision(train.precision, processes.device)
     total_steps = train.epochs * len(steps)
     generator = torch.Generator(device=processes.device)
     losses = []
@@ -138,6 +137,7 @@ def train_standard(name: str, model: nn.Module, options: dict, data: PreparedDat
     Every process sees its share of each global batch of ``train.batch_size``. Returns the summary written to
     ``out/result.json`` by the main process."""
     train = config.train
+    precision = resolve_precision(train.precision, processes.device)
     model.to(processes.device)
     if train.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -145,7 +145,7 @@ def train_standard(name: str, model: nn.Module, options: dict, data: PreparedDat
     split = data.split(train_split)
     steps = train.steps_per_epoch or max(1, len(split) // train.batch_size)
     stream = BatchStream(len(split), train.batch_size, seed)
-    out, run = Path(out), _Run(history=[])
+    out, run = Path(out), _Run()
     if (out / "last.pt").exists():
         saved = load_checkpoint(out / "last.pt", map_location=processes.device)
         model.load_state_dict(saved["model"])
@@ -158,9 +158,8 @@ def train_standard(name: str, model: nn.Module, options: dict, data: PreparedDat
     while run.epoch < train.epochs:
         start = time.perf_counter()
         loss = _train_epoch(wrapped, optimizer, split, stream, range(run.epoch * steps, (run.epoch + 1) * steps),
-                            config, processes, aux, seed, bar.update)
-        score = validate(model, data, val_split, processes, train.eval_batch_size,
-                         resolve_precision(train.precision, processes.device))
+                            config, processes, precision, aux, seed, bar.update)
+        score = validate(model, data, val_split, processes, train.eval_batch_size, precision)
         run.epoch += 1
         run.history.append({"epoch": run.epoch, "loss": loss, "val_miou": score,
                             "seconds": time.perf_counter() - start})
