@@ -71,3 +71,29 @@ def raw_small_zips(tmp_path_factory: pytest.TempPathFactory) -> Path:
     synthesize(out, SynthOptions(counts={"train": 24, "val": 10, "test": 3, "train_extra": 2}, seed=7, as_zips=True,
                                  **SMALL), workers=1)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_standard(raw_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A standard-protocol folder of ``raw_small`` at 128x64 with the 1/2 labeled subset."""
+    from cityscapes_lab.data.prepare import PrepareOptions, prepare
+
+    out = tmp_path_factory.mktemp("standard") / "prepared"
+    prepare(raw_small, out, PrepareOptions(protocol="standard", size=(128, 64), fractions=("1/2",)), workers=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def unet_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One of our checkpoints (as the study writes them): it names its model, classes and input size."""
+    import torch
+
+    from cityscapes_lab.engine.checkpoint import save_checkpoint
+    from cityscapes_lab.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("unet_paper", 35, alpha=0.5)
+    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
+    save_checkpoint(path, {"model_name": "unet_paper", "model_options": {"alpha": 0.5}, "num_classes": 35,
+                           "protocol": "paper", "input_size": [112, 64], "state_dict": model.state_dict()})
+    return path

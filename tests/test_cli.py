@@ -51,3 +51,49 @@ def test_core_dependencies_exclude_heavy_frameworks():
              for r in requires("cityscapes-lab") if "extra ==" not in r}
     assert not names & {"torchvision", "timm", "segmentation-models-pytorch", "lightning", "torchmetrics"}
     assert {"torch", "numpy", "pillow", "opencv-python-headless", "cityscapesscripts", "click"} <= names
+
+
+@pytest.mark.parametrize("path", [[], ["zoo"], ["config"]], ids=["cityscapes-lab", "zoo", "config"])
+def test_a_group_without_a_command_prints_its_help(path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(path)
+    captured = capsys.readouterr()
+    assert exited.value.code == 0 and captured.err == ""
+    assert captured.out.startswith("Usage: ") and "Commands:" in captured.out and captured.out.count("\n") > 5
+
+
+def test_ctrl_c_says_how_to_continue_and_exits_130(tmp_path):
+    import signal
+    import time
+
+    process = subprocess.Popen([sys.executable, "-m", "cityscapes_lab", "synth", str(tmp_path / "raw"), "--train",
+                                "200", "--val", "0", "--test", "0", "--size", "1024x512", "--workers", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "raw.partial").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "interrupted; run the same command again to continue where it stopped"
+    assert "Traceback" not in err and not (tmp_path / "raw").exists()
+
+
+def _readme_api_script() -> str:
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Python API"):]
+    return section[section.index("```python\n") + 10:section.index("```\n", section.index("```python\n") + 10)]
+
+
+@pytest.mark.parametrize("first", ["", "import torch\n"], ids=["as-written", "torch-loaded-first"])
+def test_the_readme_api_example_runs_as_a_plain_script(first, tmp_path):
+    """No ``__main__`` guard needed: workers never re-run the script, whether forked (nothing loaded yet) or
+    started fresh (torch already loaded)."""
+    script = tmp_path / "api.py"
+    script.write_text(first + _readme_api_script())
+    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[:3] == ["paper (112, 64) 35", "5 4", "680755"] and "unet_paper" in lines[3]

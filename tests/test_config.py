@@ -72,3 +72,17 @@ def test_cli_refuses_a_bad_setting_in_one_line(capsys):
         main(["config", "show", "--set", "train.lr=-1"])
     err = capsys.readouterr().err
     assert exited.value.code == 2 and err.strip() == "error: train.lr must be > 0"
+
+
+def test_binary_and_non_utf8_files_are_one_line_and_a_bom_is_fine(tmp_path, capsys):
+    from oneline import expect_error
+
+    binary = tmp_path / "model.pt"
+    binary.write_bytes(b"PK\x03\x04\x00\x00\x08\x00" + bytes(range(256)))
+    expect_error(["config", "show", "--config", binary], capsys, str(binary), "binary file")
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes("# réglages\n[train]\nepochs = 3\n".encode("latin-1"))
+    expect_error(["config", "show", "--config", latin], capsys, str(latin), "not UTF-8", "0xe9")
+    with_bom = tmp_path / "bom.toml"
+    with_bom.write_bytes("\ufeff[train]\nepochs = 3\n".encode())
+    assert load_config(with_bom).train.epochs == 3

@@ -10,14 +10,20 @@ from typing import Any
 
 
 def write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary sibling and an atomic rename."""
+    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
     path = Path(path)
+    if path.is_dir():  # else the temporary name would land beside the folder, outside the target's own folder
+        raise IsADirectoryError(f"{path} is a folder")
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_text(path: Path, text: str) -> None:
@@ -35,29 +41,16 @@ def partial_path(final: Path) -> Path:
 
 
 def publish_folder(partial: Path, final: Path) -> None:
-    """Rename a completed ``partial`` folder to ``final``, replacing an existing ``final`` (for --force)."""
+    """Rename a completed ``partial`` folder to ``final``, replacing an existing ``final`` (for --force; the caller
+    has made sure that it is one of ours). The old one moves to a hidden name of its own first, so no other path
+    is touched."""
     partial, final = Path(partial), Path(final)
-    old = final.with_name(final.name + ".old")
+    old = None
     if final.exists():
+        old = final.with_name(f".{final.name}.replaced-{os.getpid()}")
         if old.exists():
             shutil.rmtree(old)
         os.replace(final, old)
     os.replace(partial, final)
-    if old.exists():
+    if old is not None:
         shutil.rmtree(old)
-
-
-def check_writable_parent(target: Path) -> None:
-    """Create ``target``'s parent if needed and prove it writable; raises DataError naming the folder."""
-    from .errors import DataError
-
-    parent = Path(target).resolve().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        probe = parent / f".write-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise DataError(
-            f"{parent}: cannot write there ({exc.strerror or exc}); choose an output folder you can write to"
-        ) from None

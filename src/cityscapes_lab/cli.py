@@ -29,6 +29,10 @@ def _say(message: str = "") -> None:
     click.echo(message)
 
 
+def _warn(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="cityscapes-lab")
 def cli() -> None:
@@ -159,12 +163,13 @@ def study(data: Path, out: Path, approaches: str, runs: int | None, models: int 
 @click.option("--workers", type=click.IntRange(1), default=None, help="Processes [default: all cores].")
 def evaluate(pred_dir: Path, gt_dir: Path, json_file: Path | None, workers: int | None) -> None:
     """Official Cityscapes pixel-level scores (mIoU, iIoU, category scores), equal to cityscapesscripts'."""
-    import json
     import math
 
-    from . import atomic
     from .metrics.folders import evaluate_folders
+    from .outputs import check_output_file
 
+    if json_file:
+        check_output_file(json_file, option="--json")
     result = evaluate_folders(pred_dir, gt_dir, workers=workers)
     scores = result.scores.as_dict()
     for name, value in result.scores.class_iou.items():
@@ -172,10 +177,21 @@ def evaluate(pred_dir: Path, gt_dir: Path, json_file: Path | None, workers: int 
         _say(f"  {name:<14} IoU {value:6.3f}" + ("" if math.isnan(iiou) else f"   iIoU {iiou:6.3f}"))
     _say(f"{result.images} images: mIoU {scores['mIoU']:.4f}  iIoU {scores['iIoU']:.4f}  "
          f"category mIoU {scores['category_mIoU']:.4f}  category iIoU {scores['category_iIoU']:.4f}")
+    for warning in result.warnings:
+        _warn(f"{pred_dir}: {warning}")
     if json_file:
-        clean = json.loads(json.dumps(scores), parse_constant=lambda c: None)  # NaN -> null: strict JSON
-        atomic.write_json(json_file, clean)
-        _say(f"wrote {json_file}")
+        _write_json(json_file, scores)
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    """Strict JSON (NaN -> null), atomically, creating the file's folder if needed."""
+    import json
+
+    from . import atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(path, json.loads(json.dumps(payload), parse_constant=lambda constant: None))
+    _say(f"wrote {path}")
 
 
 @cli.command()
@@ -238,10 +254,13 @@ def zoo_list() -> None:
 def zoo_eval(name: str, weights: Path, raw: Path, split: str, protocol: str, limit: int | None, device: str,
              precision: str, json_file: Path | None) -> None:
     """Score a published model on the raw download at the original resolution (official metrics)."""
-    from . import atomic
     from .engine.prediction import load_predictor
-    from .engine.zoo_eval import evaluate_on_raw
+    from .engine.zoo_eval import check_split, evaluate_on_raw
+    from .outputs import check_output_file
 
+    check_split(split)
+    if json_file:
+        check_output_file(json_file, option="--json")
     predictor = load_predictor(name, weights, protocol, device, precision)
     result = evaluate_on_raw(predictor, raw, split, limit)
     scores = result.scores.as_dict()
@@ -249,33 +268,33 @@ def zoo_eval(name: str, weights: Path, raw: Path, split: str, protocol: str, lim
          f"  category mIoU {scores['category_mIoU']:.4f}  ({result.seconds_per_image:.2f} s per image on "
          f"{predictor.device.type}, {predictor.precision})")
     if json_file:
-        import json
-
-        payload = {"model": name, "weights": str(weights), "split": split, "protocol": protocol,
-                   "images": result.images, "seconds_per_image": result.seconds_per_image,
-                   "device": str(predictor.device), "precision": predictor.precision, **scores}
-        atomic.write_json(json_file, json.loads(json.dumps(payload), parse_constant=lambda c: None))
-        _say(f"wrote {json_file}")
+        _write_json(json_file, {"model": name, "weights": str(weights), "split": split, "protocol": protocol,
+                                "images": result.images, "seconds_per_image": result.seconds_per_image,
+                                "device": str(predictor.device), "precision": predictor.precision, **scores})
 
 
 @cli.command()
-@click.option("--model", "name", required=True, help="A registered model (see `cityscapes-lab zoo list`).")
+@click.option("--model", "name", default=None,
+              help="A registered model (see `cityscapes-lab zoo list`); optional with our checkpoints, which name theirs.")
 @click.option("--weights", type=click.Path(path_type=Path), default=None,
               help="A published checkpoint, or one of ours (best.pt / top1.pt; it names its model).")
+@click.option("--random-weights", is_flag=True, help="Predict without --weights (random weights), to try the pipeline.")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the outputs.")
 @click.option("--protocol", type=click.Choice(["whole", "slide", "ms-flip"]), default="whole", show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
 @click.option("--no-color", is_flag=True, help="Skip the colour PNGs.")
 @click.option("--no-overlay", is_flag=True, help="Skip the overlays.")
-def predict(name: str, weights: Path | None, inputs: tuple[Path, ...], out: Path, protocol: str, device: str,
-            precision: str, no_color: bool, no_overlay: bool) -> None:
+def predict(name: str | None, weights: Path | None, random_weights: bool, inputs: tuple[Path, ...], out: Path,
+            protocol: str, device: str, precision: str, no_color: bool, no_overlay: bool) -> None:
     """Segment images, folders of images and videos: labelIds PNGs (official submission format), colour PNGs
     and overlays in OUT."""
-    from .engine.prediction import load_predictor, predict_files
+    from .engine.prediction import check_prediction_output, collect_inputs, load_predictor, predict_files
 
-    predictor = load_predictor(name, weights, protocol, device, precision)
+    check_prediction_output(out, list(inputs))
+    collect_inputs(list(inputs))  # a missing input fails before the model loads
+    predictor = load_predictor(name, weights, protocol, device, precision, random_weights=random_weights)
     count = predict_files(predictor, list(inputs), out, colour=not no_color, overlays=not no_overlay)
     _say(f"wrote {count} predictions to {out}/labelIds (submission format)"
          + ("" if no_color else ", color") + ("" if no_overlay else ", overlay"))
@@ -319,12 +338,17 @@ def train(data: Path, name: str, weights: Path | None, model_options: tuple[str,
     from .data.prepared import load_prepared
     from .engine.standard import start_processes, train_standard
     from .models.registry import build_model
+    from .outputs import check_output_folder, holds_only
 
     config = load_config(config_file, list(overrides))
     prepared = load_prepared(data)
     if prepared.protocol != "standard":
         raise ConfigError(f"{data}: `train` uses the standard protocol (19 trainIds); this folder is "
                           f"{prepared.protocol}; prepare with --protocol standard (use `study` for the paper protocol)")
+    for split, option in ((train_split, "--split"), (val_split, "--val-split")):
+        prepared.labeled_split(split, option)
+    check_output_folder(out, what="a training (best.pt, last.pt, result.json)", inputs=[data],
+                        ours=holds_only("best.pt", "last.pt", "result.json"))
     processes = start_processes(config.train.device)
     options = _options(model_options)
     torch.manual_seed(seed)
@@ -360,21 +384,22 @@ def demo(out: Path, workers: int | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the CLI, turning user errors into one line and exit code 2."""
+    """Entry point: run the CLI, turning user errors into one line and exit code 2, Ctrl-C into exit code 130."""
+    no_args_is_help = getattr(click.exceptions, "NoArgsIsHelpError", ())
     try:
         code = cli.main(args=argv, prog_name="cityscapes-lab", standalone_mode=False)
+    except no_args_is_help as exc:  # a group without a command: its help, as `--help` prints it
+        click.echo(exc.ctx.get_help())
+        sys.exit(0)
     except click.ClickException as exc:
         message = " ".join(exc.format_message().split())
         hint = f" (see: {exc.ctx.command_path} --help)" if getattr(exc, "ctx", None) else ""
         click.echo(f"error: {message}{hint}", err=True)
         sys.exit(2)
-    except click.Abort:
-        click.echo("error: aborted", err=True)
-        sys.exit(1)
+    except (click.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+        click.echo("interrupted; run the same command again to continue where it stopped", err=True)
+        sys.exit(130)
     except LabError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("error: interrupted; run the same command again to continue where it stopped", err=True)
-        sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)  # click returns the code of --help / --version exits

@@ -172,9 +172,31 @@ class Config:
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
 
+    def result_settings(self) -> dict[str, Any]:
+        """``section.key`` -> value of every setting that can change a result (not those in NOT_RESULTS)."""
+        return {name: value for name, value in flatten(self.to_dict()).items() if name not in NOT_RESULTS}
+
     def digest(self) -> str:
-        """A short hash of every setting: the identity of a study's configuration."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        """A short hash of the settings that can change results: the identity of a study's configuration."""
+        return hashlib.sha256(json.dumps(self.result_settings(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def differences(self, previous: dict[str, dict[str, Any]]) -> list[str]:
+        """``section.key: old -> new`` for every result setting that differs from ``previous`` (a ``to_dict``
+        stored earlier; a setting it lacks, from an older version, counts as its default)."""
+        before = {**Config().result_settings(), **flatten(previous)}
+        return [f"{name}: {json.dumps(before[name])} -> {json.dumps(value)}"
+                for name, value in self.result_settings().items() if before.get(name) != value]
+
+
+#: Settings that cannot change a result (batch sizes of inference, thread counts, extra output files): a study
+#: continues with other values of these.
+NOT_RESULTS = frozenset({"train.eval_batch_size", "train.threads", "study.save_predictions",
+                         "semisup.label_batch_size"})
+
+
+def flatten(nested: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``{"train": {"lr": 0.003}}`` -> ``{"train.lr": 0.003}``."""
+    return {f"{section}.{key}": value for section, values in nested.items() for key, value in values.items()}
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -239,17 +261,33 @@ def _apply(config: Config, updates: dict[str, dict[str, Any]], source: str) -> C
     return config
 
 
+def _read_toml(path: Path) -> dict[str, Any]:
+    """A settings file as TOML: UTF-8 text (a byte-order mark at its start is allowed)."""
+    try:
+        raw = path.read_bytes()
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder; pass --config a TOML settings file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror}); check the path") from None
+    if b"\0" in raw:
+        raise ConfigError(f"{path}: is a binary file, not TOML text; pass a settings file such as the one "
+                          "`cityscapes-lab config show > settings.toml` writes")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: is not UTF-8 text (byte 0x{raw[exc.start]:02x} at position {exc.start}); save "
+                          "it as UTF-8") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the file") from None
+
+
 def load_config(path: Path | None = None, overrides: list[str] = (), base: Config | None = None) -> Config:
     """Defaults (or ``base``), then the TOML file ``path``, then ``section.key=value`` overrides; validated."""
     config = base or Config()
     if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read the config file ({exc.strerror}); check the path") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML ({exc}); fix the file") from None
-        config = _apply(config, data, str(path))
+        config = _apply(config, _read_toml(Path(path)), str(path))
     updates: dict[str, dict[str, Any]] = {}
     for item in overrides:
         name, sep, text = item.partition("=")

@@ -141,8 +141,12 @@ def test_existing_folder_that_is_not_prepared(raw_small, tmp_path, capsys):
     out = tmp_path / "busy"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
-    code, _, err = run_cli(["prepare", "--raw", str(raw_small), "--out", str(out), "--protocol", "paper"], capsys)
-    assert code == 2 and "--force" in err and (out / "precious.txt").read_text() == "keep me"
+    for force in ([], ["--force"]):  # --force replaces only what the tool made
+        code, _, err = run_cli(["prepare", "--raw", str(raw_small), "--out", str(out), "--protocol", "paper",
+                                *force], capsys)
+        assert code == 2 and err.count("\n") == 1 and "not a prepared folder" in err and "new or empty" in err, err
+        assert sorted(p.name for p in out.parent.iterdir()) == ["busy"]
+        assert [p.name for p in out.iterdir()] == ["precious.txt"] and (out / "precious.txt").read_text() == "keep me"
 
 
 def test_real_entry_point_prints_one_line(tmp_path):
@@ -151,3 +155,31 @@ def test_real_entry_point_prints_one_line(tmp_path):
                              "--out", str(tmp_path / "out"), "--protocol", "paper"], capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert str(tmp_path / "missing") in result.stderr
+
+
+def test_size_larger_than_the_images_is_refused_before_any_work(raw_small, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = run_cli(["prepare", "--raw", str(raw_small), "--out", str(out), "--protocol", "standard",
+                            "--size", "100000x50000"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "--size 100000x50000" in err and "512x256" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_png_of_a_truncated_or_wrong_folder(tiny_paper, tmp_path, capsys):
+    from cityscapes_lab.data.arrays import save_arrays
+    from cityscapes_lab.data.prepared import SplitArrays
+    from oneline import expect_error
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "set"
+    save_arrays(folder, SplitArrays("set", ["a_000000_000019", "b_000000_000019"],
+                                    rng.integers(0, 255, (2, 16, 32, 3), np.uint8),
+                                    rng.integers(0, 35, (2, 16, 32), np.uint8)))
+    labels = folder / "labels.npy"
+    labels.write_bytes(labels.read_bytes()[:-100])
+    expect_error(["export-png", folder, "--out", tmp_path / "png"], capsys, str(folder), "labels.npy")
+    # A prepared folder is not an array set: say what belongs there, and never advise deleting it.
+    line = expect_error(["export-png", tiny_paper, "--out", tmp_path / "png"], capsys, str(tiny_paper), "ids.json",
+                        "RUNS/datasets/")
+    assert "delete" not in line.lower() and "remove" not in line.lower()
+    assert not (tmp_path / "png").exists()

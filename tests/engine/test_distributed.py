@@ -5,19 +5,10 @@ import os
 import subprocess
 import sys
 
-import pytest
 import torch
 
-from cityscapes_lab.data.prepare import PrepareOptions, prepare
 from cityscapes_lab.engine.checkpoint import load_checkpoint
 from cityscapes_lab.models import build_model
-
-
-@pytest.fixture(scope="module")
-def tiny_standard(raw_small, tmp_path_factory):
-    out = tmp_path_factory.mktemp("standard") / "prepared"
-    prepare(raw_small, out, PrepareOptions(protocol="standard", size=(128, 64), fractions=("1/2",)), workers=1)
-    return out
 
 
 def test_two_processes_train_with_ddp(tiny_standard, tmp_path):

@@ -47,3 +47,26 @@ def test_full_resolution_scores_equal_the_evaluator_on_upsampled_predictions(pap
             (gt / name).write_bytes((raw_small / "gtFine" / "val" / city / name).read_bytes())
     theirs = evaluate_folders(tmp_path / "pred", gt, workers=1).scores
     assert ours.miou == pytest.approx(theirs.miou, abs=1e-12) and ours.iiou == pytest.approx(theirs.iiou, abs=1e-12)
+
+
+def test_predictions_in_train_ids_get_a_warning_with_the_conversion(raw_small, tmp_path, capsys):
+    from cityscapes_lab import labels
+    from cityscapes_lab.data import png
+    from oneline import run_cli
+
+    gt = raw_small / "gtFine" / "val"
+    for kind, convert in (("label_ids", lambda ids: ids),
+                          ("train_ids", lambda ids: np.where(labels.LABELID_TO_TRAINID[ids] == 255, 0,
+                                                             labels.LABELID_TO_TRAINID[ids]).astype(np.uint8))):
+        folder = tmp_path / kind
+        folder.mkdir()
+        for label in gt.glob("*/*_labelIds.png"):
+            (folder / label.name).write_bytes(png.encode(convert(png.decode(label.read_bytes()))))
+        code, printed, err = run_cli(["evaluate", "--pred", folder, "--gt", gt, "--workers", "1"], capsys)
+        assert code == 0, err
+        if kind == "label_ids":
+            assert "mIoU 1.0000" in printed and err == ""
+        else:
+            assert "mIoU 1.0000" not in printed
+            assert err.count("\n") == 1 and err.startswith(f"warning: {folder}: the predictions look like trainIds")
+            assert "TRAINID_TO_LABELID" in err

@@ -15,17 +15,6 @@ from cityscapes_lab.metrics.folders import evaluate_folders
 from cityscapes_lab.models import build_model, model_spec
 
 
-@pytest.fixture(scope="module")
-def unet_checkpoint(tmp_path_factory):
-    """One of our checkpoints (as the study writes them): it names its model, classes and input size."""
-    torch.manual_seed(0)
-    model = build_model("unet_paper", 35, alpha=0.5)
-    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
-    save_checkpoint(path, {"model_name": "unet_paper", "model_options": {"alpha": 0.5}, "num_classes": 35,
-                           "protocol": "paper", "input_size": [112, 64], "state_dict": model.state_dict()})
-    return path
-
-
 def run(args, capsys):
     with pytest.raises(SystemExit) as exited:
         main(args)
@@ -80,3 +69,78 @@ def test_zoo_list_names_every_published_number(capsys):
     for text in ("81.60", "82.27", "84.41", "86.42", "73.31", "77.04", "84.83", "SERNet-Former: not runnable",
                  "hrnet_ocr_cs_8162_torch11.pth", "upernet_internimage_xl_512x1024_160k_mapillary2cityscapes.pth"):
         assert text in printed
+
+
+# --- bad input: one line naming the file and the fix -------------------------------------------------------------
+
+def test_predict_needs_weights_unless_random_weights_are_asked_for(raw_small, tmp_path, capsys):
+    from oneline import expect_error
+
+    images = raw_small / "leftImg8bit" / "test"
+    expect_error(["predict", "--model", "unet_paper", images, "--out", tmp_path / "a"], capsys, "--weights",
+                 "--random-weights")
+    assert not (tmp_path / "a").exists()
+    printed = run(["predict", "--model", "unet_paper", "--random-weights", str(images), "--out", str(tmp_path / "b"),
+                   "--no-color", "--no-overlay"], capsys)
+    assert "wrote 3 predictions" in printed
+
+
+def test_a_checkpoint_names_its_model_and_a_mismatch_is_refused(raw_small, unet_checkpoint, tmp_path, capsys):
+    from oneline import expect_error
+
+    images = raw_small / "leftImg8bit" / "test"
+    expect_error(["predict", "--model", "hrnet_w48_ocr", "--weights", unet_checkpoint, images, "--out",
+                  tmp_path / "a"], capsys, str(unet_checkpoint), "unet_paper", "hrnet_w48_ocr")
+    assert not (tmp_path / "a").exists()
+    printed = run(["predict", "--weights", str(unet_checkpoint), str(images), "--out", str(tmp_path / "b")], capsys)
+    assert "wrote 3 predictions" in printed
+
+
+def test_empty_checkpoint_and_unknown_devices(raw_small, unet_checkpoint, tmp_path, capsys):
+    from oneline import expect_error
+
+    images = raw_small / "leftImg8bit" / "test"
+    empty = tmp_path / "best.pt"
+    empty.write_bytes(b"")
+    expect_error(["predict", "--model", "unet_paper", "--weights", empty, images, "--out", tmp_path / "a"], capsys,
+                 str(empty), "empty")
+    for device in ("cuda", "cuda:3", "tpu"):
+        expect_error(["predict", "--weights", unet_checkpoint, images, "--out", tmp_path / "a", "--device", device],
+                     capsys, "--device", device, "cpu")
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("video", ["empty", "corrupt"])
+def test_a_broken_video_is_one_line_without_decoder_noise(video, unet_checkpoint, tmp_path, capfd):
+    from oneline import expect_error
+
+    path = tmp_path / "drive.mp4"
+    path.write_bytes(b"" if video == "empty" else b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40)
+    expect_error(["predict", "--weights", unet_checkpoint, path, "--out", tmp_path / "out"], capfd, str(path))
+    assert not (tmp_path / "out" / "labelIds").exists() or not any((tmp_path / "out" / "labelIds").iterdir())
+
+
+def test_zoo_eval_refuses_the_test_split(raw_small, unet_checkpoint, capsys):
+    from oneline import expect_error
+
+    expect_error(["zoo", "eval", "unet_paper", "--weights", unet_checkpoint, "--data", raw_small, "--split", "test"],
+                 capsys, "--split test", "no public labels", "predict")
+
+
+def test_zoo_eval_names_a_corrupt_image_in_the_download(raw_small, tmp_path, capsys):
+    import shutil
+
+    from oneline import expect_error
+
+    raw = tmp_path / "raw"
+    shutil.copytree(raw_small, raw)
+    broken = sorted(raw.glob("leftImg8bit/val/*/*.png"))[0]
+    data = bytearray(broken.read_bytes())  # header and end marker intact, the pixel data corrupt
+    data[len(data) // 2:len(data) // 2 + 2000] = bytes(2000)
+    broken.write_bytes(bytes(data))
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "unet.pt", {"model_name": "unet_paper", "model_options": {"alpha": 0.25},
+                                           "num_classes": 19, "state_dict": build_model(
+                                               "unet_paper", 19, alpha=0.25).state_dict()})
+    expect_error(["zoo", "eval", "unet_paper", "--weights", tmp_path / "unet.pt", "--data", raw], capsys,
+                 broken.name)

@@ -152,3 +152,89 @@ def test_kill_minus_9_in_the_middle_of_a_training_then_resume(tiny_paper, tmp_pa
             for split in ours:
                 assert ours[split] == pytest.approx(clean_scores[split], abs=1e-9, nan_ok=True)
     assert json.loads((second / "result.json").read_text())["status"] == "done"
+
+
+# --- bad input and settings: one line, before anything is written ---------------------------------------------
+
+def test_settings_typos_are_refused_before_the_folder_exists(tiny_paper, tmp_path, capsys):
+    from oneline import expect_error
+
+    out = tmp_path / "runs"
+    args = ["study", "--data", tiny_paper, "--out", out, "--approaches", "ldt"]
+    for setting, mentions in (("train.device=cuda", ("train.device", "cpu")),
+                              ("train.device=tpu", ("train.device", "cpu")),
+                              ("train.model=unet_papper", ("unet_papper", "unet_paper")),
+                              ("study.eval_splits=val,tset", ("study.eval_splits", "'tset'", "train_labeled"))):
+        expect_error([*args, "--set", setting], capsys, *mentions)
+        assert not out.exists(), setting
+
+
+def test_a_changed_setting_is_named_and_result_neutral_settings_are_not_changes(tiny_paper, tmp_path, capsys):
+    from oneline import expect_error, run_cli
+
+    out = tmp_path / "runs"
+    args = ["study", "--data", tiny_paper, "--out", out, "--approaches", "ldt", "--set", "study.runs=1", "--set",
+            "study.models=1", "--set", "study.top_k=1", "--set", "train.epochs=1", "--set", "train.batch_size=2"]
+    code, printed, err = run_cli([*args, "--set", "train.threads=1"], capsys)
+    assert code == 0 and "1 trainings run now" in printed, err
+    # Thread counts, validation batch size and saved predictions do not change results: the study continues.
+    code, printed, err = run_cli([*args, "--set", "train.threads=2", "--set", "train.eval_batch_size=3",
+                                  "--save-predictions"], capsys)
+    assert code == 0 and "0 trainings run now, 1 already finished" in printed, err
+    line = expect_error([*args, "--set", "train.lr=0.01"], capsys, "started with other settings", "train.lr")
+    assert "train.threads" not in line and "train.epochs" not in line
+
+
+def test_truncated_array_in_the_data_folder(tiny_paper, tmp_path, capsys):
+    import shutil
+
+    from oneline import expect_error
+
+    data = tmp_path / "prepared"
+    shutil.copytree(tiny_paper, data)
+    images = data / "arrays" / "train.images.npy"
+    images.write_bytes(images.read_bytes()[: images.stat().st_size // 2])
+    expect_error(["study", "--data", data, "--out", tmp_path / "runs", "--approaches", "ldt"], capsys,
+                 str(images), "prepare")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_corrupt_results_database(tiny_paper, finished_study, tmp_path, capsys):
+    import shutil
+
+    from oneline import expect_error
+
+    runs = tmp_path / "runs"
+    shutil.copytree(finished_study, runs)
+    database = runs / "results.sqlite"
+    database.write_bytes(b"this is not a database" * 100)
+    for args in (["study", "--data", tiny_paper, "--out", runs, "--approaches", "ldt"], ["report", runs]):
+        expect_error(args, capsys, str(database))
+    assert database.read_bytes() == b"this is not a database" * 100
+
+
+def test_report_while_nothing_is_finished(tiny_paper, tmp_path, cli_process, capsys):
+    from oneline import expect_error
+
+    settings = TINY + ["study.models=1"]
+    args = ["study", "--data", str(tiny_paper), "--approaches", "ldt", "--out", str(tmp_path / "runs")]
+    killed = cli_process(args + [x for s in settings for x in ("--set", s)], kill_after_epoch_saves=1)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    expect_error(["report", tmp_path / "runs"], capsys, "no training has finished yet", "1 started")
+    assert not (tmp_path / "runs" / "report").exists()
+
+
+def test_without_a_terminal_each_finished_training_is_a_line_on_stderr_and_in_the_log(tiny_paper, tmp_path,
+                                                                                        cli_process):
+    import re
+
+    settings = TINY + ["study.models=2"]
+    result = cli_process(["study", "--data", str(tiny_paper), "--approaches", "ldt", "--out", str(tmp_path / "runs")]
+                         + [x for s in settings for x in ("--set", s)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    pattern = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ldt/run1/gen0/m0(\d): val mIoU 0\.\d{4} in [\d.]+ s; (\d)/2 finished, "
+    lines = [line for line in result.stderr.splitlines() if re.match(pattern, line)]
+    assert [re.match(pattern, line).groups() for line in lines] == [("0", "1"), ("1", "2")], result.stderr
+    assert "1 left, about" in lines[0] and lines[1].endswith("0 left")
+    log = (tmp_path / "runs" / "study.log").read_text().splitlines()
+    assert log[0].endswith("study: 2 trainings planned, 0 finished before") and log[1:] == lines

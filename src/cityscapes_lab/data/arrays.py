@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import atomic
 from ..errors import DataError
+from ..outputs import check_output_folder, holds_only
 from .prepared import SplitArrays
 from .rows import RowArray
 
@@ -40,8 +41,13 @@ def load_arrays(folder: Path, lazy: bool = True) -> SplitArrays:
         images = read(folder / "images.npy")
         labels_path = folder / "labels.npy"
         labels = read(labels_path) if labels_path.exists() else None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{folder}: not a readable array set ({exc}); delete it to have it rebuilt") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{folder}: not a readable array set ({exc}); an array set is a folder the study writes "
+                        "under RUNS/datasets/ (ids.json, images.npy, labels.npy), e.g. "
+                        "RUNS/datasets/im/run1/n2/gen0/set") from None
+    if len(images) != len(info["ids"]) or (labels is not None and len(labels) != len(images)):
+        raise DataError(f"{folder}: ids.json, images.npy and labels.npy disagree on the number of rows; the set was "
+                        "not written by this version or was changed afterwards")
     return SplitArrays(info["name"], info["ids"], images, labels)
 
 
@@ -71,8 +77,14 @@ def export_png(folder: Path, out: Path) -> int:
     from . import png
 
     arrays = load_arrays(folder)
-    masks = load_extra(folder, "masks")
+    try:
+        masks = load_extra(folder, "masks")
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{Path(folder) / 'masks.npy'}: unreadable ({exc}); the set was not written by this version "
+                        "or was changed afterwards") from None
     out = Path(out)
+    check_output_folder(out, what="an exported set (images/, masks/, im/)", ours=holds_only("images", "masks", "im"),
+                        inputs=[folder])
     for sub in ("images", "masks") + (("im",) if masks is not None else ()):
         (out / sub).mkdir(parents=True, exist_ok=True)
     for row, image_id in enumerate(arrays.ids):

@@ -28,6 +28,7 @@ import numpy as np
 
 from .. import __version__, atomic, labels
 from ..errors import ConfigError, DataError
+from ..outputs import check_output_folder, check_partial
 from ..parallel import default_workers, run_tasks
 from . import png
 from .layout import COARSE_FOLDER, FINE_FOLDER, find_frame_id
@@ -274,10 +275,21 @@ def _plan(raw: Path, options: PrepareOptions) -> _Plan:
     ids = {split: [str(item.frame) for item in items] for split, items in frames.items()}
     header = png.parse_header(index.read(frames["train"][0].image)[:33])
     original = (header.width, header.height)
+    if options.size and (options.size[0] > original[0] or options.size[1] > original[1]):
+        raise ConfigError(f"--size {options.size[0]}x{options.size[1]} is larger than the images of {raw} "
+                          f"({original[0]}x{original[1]}); a downscaled copy must be at most the original size")
     size = paper_size(*original) if options.protocol == "paper" else tuple(options.size or original)
     # Instance ids (for iIoU) are kept for the official val split, where every frame has them.
     instances = {source: source == "val" and all(item.instance for item in items) for source, items in frames.items()}
     return _Plan(index, frames, ids, make_splits(options, ids), size, original, instances)
+
+
+def is_prepared(folder: Path) -> bool:
+    """Whether ``folder`` is a complete prepared folder (its meta.json names this format)."""
+    try:
+        return json.loads((Path(folder) / "meta.json").read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _open_partial(partial: Path, fingerprint: dict) -> None:
@@ -357,13 +369,12 @@ def prepare(raw: Path, out: Path, options: PrepareOptions, *, workers: int | Non
     started = time.perf_counter()
     protocol = _protocol(options.protocol)
     out = Path(out)
-    if out.exists() and not force:
-        if (out / "meta.json").exists():
-            return PrepareResult(out, skipped=True)
-        raise DataError(f"{out}: exists and is not a prepared folder; choose a new --out or pass --force")
-    atomic.check_writable_parent(out)
+    check_output_folder(out, what="a prepared folder", ours=is_prepared, inputs=[raw])
+    if is_prepared(out) and not force:
+        return PrepareResult(out, skipped=True)
     plan = _plan(raw, options)
     partial = atomic.partial_path(out)
+    check_partial(partial, out, "plan.json")
     _open_partial(partial, {"format": FORMAT, "raw": str(Path(raw).resolve()), "options": asdict(options),
                             "size": list(plan.size), "ids": plan.ids})
     _allocate(partial / "arrays", plan)

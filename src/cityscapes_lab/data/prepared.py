@@ -124,6 +124,32 @@ class PreparedData:
         instances = pick(self._array(source, "instances")) if self.meta["sources"][source].get("instances") else None
         return SplitArrays(name, list(ids), images, label_array, instances)
 
+    def has_labels(self, name: str) -> bool:
+        """Whether a split's images have labels (the official test split has none)."""
+        ids = self.splits[name]
+        return not ids or bool(self.meta["sources"][self._where[ids[0]][0]]["labels"])
+
+    def labeled_split(self, name: str, option: str = "split") -> None:
+        """Refuse a split that does not exist or has no labels, for training or validating on it."""
+        if name not in self.splits:
+            raise DataError(f"{self.root}: has no split {name!r} ({option}); it has: {', '.join(self.splits)}")
+        if not self.has_labels(name):
+            labeled = ", ".join(split for split in self.splits if self.has_labels(split))
+            raise DataError(f"{self.root}: split {name!r} ({option}) has no labels (the official test labels are not "
+                            f"public); choose a labeled split: {labeled}")
+
+    def verify(self) -> None:
+        """Open every array file and check that it is complete (DataError naming the file otherwise): a long job
+        checks its data before it starts instead of failing when it first reads a damaged file."""
+        for source, info in self.meta["sources"].items():
+            for kind in ("images", "labels", "instances"):
+                if kind == "images" or info.get(kind):
+                    array = self._array(source, kind)
+                    if len(array) != len(info["ids"]):
+                        raise DataError(f"{self.root / 'arrays' / f'{source}.{kind}.npy'}: holds {len(array)} rows "
+                                        f"but meta.json lists {len(info['ids'])} images; prepare the folder again "
+                                        "with --force")
+
     def dataset(self, name: str) -> SegmentationDataset:
         """A PyTorch ``Dataset`` of a split: items are (image (3, H, W) uint8, label (H, W) int64)."""
         from .torch_dataset import SegmentationDataset

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import DataError
 from . import png
 from .layout import (COARSE_FOLDER, FINE_FOLDER, IMAGE_FOLDER, OFFICIAL_COUNTS, FrameId, annotation_path,
@@ -45,10 +47,23 @@ class RawIndex:
     def read(self, relpath: str) -> bytes:
         return read_member(self.files[relpath], relpath)
 
+    def decode(self, relpath: str) -> np.ndarray:
+        """A PNG of the download as an array; DataError naming the file if it does not decode."""
+        try:
+            return png.decode(self.read(relpath))
+        except png.PngError as exc:
+            raise DataError(f"{self.describe(relpath)}: unreadable PNG ({exc}); replace it from the official "
+                            "download") from None
+
 
 @lru_cache(maxsize=16)
 def _open_zip(path: str, mtime_ns: int, size: int) -> zipfile.ZipFile:
     return zipfile.ZipFile(path)  # one handle per process and file version, kept open
+
+
+# A forked child must not read through its parent's handles: they share one file offset, and two processes seeking
+# and reading through it get each other's bytes ("Bad CRC-32").
+os.register_at_fork(after_in_child=_open_zip.cache_clear)
 
 
 def _zip(path: str) -> zipfile.ZipFile:

@@ -27,10 +27,16 @@ class RowArray:
             self._offset = handle.tell()
         if fortran:
             raise ValueError(f"{self.path}: Fortran-ordered arrays are not supported")
+        if not shape:
+            raise ValueError(f"{self.path}: holds a single value, not rows")
         self.dtype = np.dtype(dtype)
         self._file_rows = shape[0]
         self._row_shape = tuple(shape[1:])
         self._row_bytes = int(np.prod(self._row_shape, dtype=np.int64)) * self.dtype.itemsize
+        expected = self._offset + self._file_rows * self._row_bytes
+        actual = os.path.getsize(self.path)
+        if actual < expected:  # cut short (a copy or download that stopped)
+            raise ValueError(f"the file ends early: {actual} of {expected} bytes")
         self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
 
     @property

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +56,13 @@ def _data_globals(names: list[str]) -> list | None:
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint safely (``weights_only=True``; NumPy data types in metadata are allowed); DataError if
     it is unreadable or would need code to load."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a checkpoint file; pass the .pt/.pth file")
+    if path.is_file() and path.stat().st_size == 0:
+        raise DataError(f"{path}: is empty (0 bytes), not a checkpoint; download or write it again")
     try:
-        return torch.load(Path(path), map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise DataError(f"{path}: no such checkpoint; check the path") from None
     except pickle.UnpicklingError as exc:
@@ -68,9 +74,17 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         if allowed:
             with torch.serialization.safe_globals(allowed):
                 return torch.load(Path(path), map_location=map_location, weights_only=True)
+        if not unsafe and "global" not in str(exc).lower():  # damaged bytes, not a forbidden object
+            raise DataError(f"{path}: not a readable PyTorch checkpoint ({_first_sentence(exc)}); download or write "
+                            "it again") from None
         named = ", ".join(unsafe[:4]) or str(exc).splitlines()[-1][:120]
         raise DataError(f"{path}: refused: loading it would run code it names ({named}); use the checkpoint as "
                         "published, or convert it to plain tensors in a process you trust") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0][:120]}); "
-                        "download or write it again") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, struct.error) as exc:
+        raise DataError(f"{path}: not a readable PyTorch checkpoint ({_first_sentence(exc)}); download or write it "
+                        "again") from None
+
+
+def _first_sentence(exc: BaseException) -> str:
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return text.split(". ")[0][:160]

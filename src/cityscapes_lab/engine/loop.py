@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..metrics.paper import soft_iou_sums
 
 
@@ -18,10 +19,35 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message says when."""
 
 
-def resolve_device(name: str) -> torch.device:
+def available_devices() -> list[str]:
+    """The devices this machine can run on: ``cpu`` and every visible ``cuda:N`` (and ``mps`` on Apple)."""
+    found = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0)]
+    mps = getattr(torch.backends, "mps", None)
+    return found + (["mps"] if mps is not None and mps.is_available() else [])
+
+
+def resolve_device(name: str, option: str = "train.device") -> torch.device:
+    """``auto`` (cuda if there is one, else cpu) or a named device; ConfigError, naming ``option`` and the devices
+    that exist, for one this machine does not have."""
+    available = available_devices()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        return torch.device("cuda" if "cuda:0" in available else "cpu")
+    here = f"this machine has: {', '.join(available)}"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"{option} {name!r}: unknown device; choose auto, cpu, cuda or cuda:N ({here})") from None
+    if device.type == "cuda":
+        if "cuda:0" not in available:
+            why = f"torch {torch.__version__} is a CPU build" if torch.version.cuda is None else "no GPU is visible"
+            raise ConfigError(f"{option} {name}: this machine has no CUDA device ({why}); use cpu or auto ({here})")
+        if device.index is not None and f"cuda:{device.index}" not in available:
+            raise ConfigError(f"{option} {name}: there is no such CUDA device ({here})")
+    elif device.type == "mps" and "mps" not in available:
+        raise ConfigError(f"{option} {name}: this machine has no Apple GPU ({here})")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"{option} {name!r}: cityscapes-lab runs on cpu, cuda or mps, not {device.type} ({here})")
+    return device
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +18,10 @@ from tqdm import tqdm
 
 from .. import atomic
 from ..data import png
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..labels import LABELID_PALETTE, PAPER_NUM_CLASSES, PAPER_TO_LABELID, TRAINID_TO_LABELID
 from ..models.registry import ModelSpec
+from ..outputs import check_output_folder, holds_only
 from .inference import MS_SCALES, InferenceProtocol, infer
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -67,27 +71,41 @@ class Predictor:
         return label_ids_of(classes, self.num_classes)
 
 
-def load_predictor(name: str, weights: str | Path | None, protocol: str = "whole", device: str = "auto",
-                   precision: str = "auto", num_classes: int = 19) -> Predictor:
-    """A registered model ready to predict: our own checkpoints carry their model, classes and input size; a
-    published checkpoint is loaded into ``name`` with ``num_classes`` (19)."""
-    from ..models.registry import build_model, model_spec
+def load_predictor(name: str | None, weights: str | Path | None, protocol: str = "whole", device: str = "auto",
+                   precision: str = "auto", num_classes: int = 19, random_weights: bool = False) -> Predictor:
+    """A registered model ready to predict. Our own checkpoints name their model, classes and input size (``name``
+    may then be None; a different ``name`` is refused); a published checkpoint is loaded into ``name`` with
+    ``num_classes`` (19). Without ``weights`` the model keeps its random initialisation, only if
+    ``random_weights`` says so."""
+    from ..models.checkpoints import load_weights
+    from ..models.registry import build_model, list_models, model_spec
     from .checkpoint import FORMAT, load_checkpoint
     from .loop import resolve_device, resolve_precision
 
-    spec = model_spec(name)
-    options, input_size = {}, None
+    torch_device = resolve_device(device, "--device")
+    if weights is None and not random_weights:
+        raise ConfigError("--weights is missing, so the model would predict with random weights; pass a checkpoint "
+                          "(or --random-weights to try the pipeline without one)")
+    options, input_size, content = {}, None, None
     if weights is not None:
         content = load_checkpoint(weights)
         if isinstance(content, dict) and content.get("format") == FORMAT and "model_name" in content:
-            name, num_classes = content["model_name"], content["num_classes"]
+            saved = content["model_name"]
+            if name is not None and name != saved:
+                raise ConfigError(f"{weights}: is a checkpoint of {saved}, not {name}; pass --model {saved} (or leave "
+                                  "--model out: our checkpoints name their model)")
+            name, num_classes = saved, content["num_classes"]
             options = content.get("model_options", {})
             input_size = tuple(content["input_size"]) if content.get("input_size") else None
-            spec = model_spec(name)
+    if name is None:
+        raise ConfigError(f"--model is missing{f' and {weights} does not name its model' if weights else ''}; pass "
+                          f"one of: {', '.join(list_models())}")
+    spec = model_spec(name)
     if name == "unet_paper" and input_size is None:
         input_size = (416, 208)  # the study's resolution (multiples of 16 are required)
-    model = build_model(name, num_classes, weights=weights, **options)
-    torch_device = resolve_device(device)
+    model = build_model(name, num_classes, **options)
+    if weights is not None:
+        load_weights(model, weights, spec.layout, content)
     model = model.to(torch_device).eval()
     if torch_device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -104,22 +122,46 @@ def overlay(image: np.ndarray, label_ids: np.ndarray, weight: float = 0.5) -> np
     return cv2.addWeighted(image, 1 - weight, colourise(label_ids), weight, 0)
 
 
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Silence what native libraries print straight to the process's stderr while OpenCV opens and decodes files
+    (FFmpeg's "moov atom not found", libpng's warnings): our own one-line error follows instead."""
+    sys.stderr.flush()
+    saved, quiet = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(quiet, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(quiet)
+
+
 def _frames(path: Path) -> Iterator[tuple[str, np.ndarray]]:
     """(name, RGB image) of an image file, or of every frame of a video."""
     if path.suffix.lower() in VIDEO_SUFFIXES:
-        video = cv2.VideoCapture(str(path))
-        if not video.isOpened():
-            raise DataError(f"{path}: OpenCV cannot open this video; convert it to mp4 (H.264) or extract frames")
-        index = 0
-        while True:
-            ok, frame = video.read()
-            if not ok:
-                break
-            yield f"{path.stem}_{index:06d}", cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-            index += 1
-        video.release()
+        with native_stderr_silenced():
+            video = cv2.VideoCapture(str(path))
+        try:
+            if not video.isOpened():
+                raise DataError(f"{path}: OpenCV cannot open this video (empty or damaged, or an unknown codec); "
+                                "convert it to mp4 (H.264) or extract its frames as images")
+            index = 0
+            while True:
+                with native_stderr_silenced():
+                    ok, frame = video.read()
+                if not ok:
+                    break
+                yield f"{path.stem}_{index:06d}", cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                index += 1
+        finally:
+            video.release()
+        if index == 0:
+            raise DataError(f"{path}: no frame of this video could be decoded (empty or damaged); convert it to mp4 "
+                            "(H.264) or extract its frames as images")
         return
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    with native_stderr_silenced():
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise DataError(f"{path}: not a readable image; pass PNG/JPEG images, folders of them, or videos")
     yield path.stem, cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
@@ -141,17 +183,27 @@ def collect_inputs(inputs: list[Path]) -> list[Path]:
     return found
 
 
+OUTPUT_FOLDERS = ("labelIds", "color", "overlay")
+
+
+def check_prediction_output(out: Path, inputs: list[Path]) -> None:
+    """Refuse an output folder that is, holds or lies in an input, or that holds anything but earlier predictions."""
+    check_output_folder(out, what="predictions", ours=holds_only(*OUTPUT_FOLDERS), inputs=inputs)
+
+
 def predict_files(predictor: Predictor, inputs: list[Path], out: Path, colour: bool = True,
                   overlays: bool = True) -> int:
     """Predict every image / video frame; write ``labelIds/<name>.png`` (official submission format: the
     names keep the input's, so Cityscapes ids stay in them), ``color/`` and ``overlay/``. Returns the count."""
     out = Path(out)
+    check_prediction_output(out, inputs)
+    files = collect_inputs(inputs)
     folders = {"labelIds": out / "labelIds"} | ({"color": out / "color"} if colour else {}) | (
         {"overlay": out / "overlay"} if overlays else {})
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
     count = 0
-    for path in tqdm(collect_inputs(inputs), desc="predict", unit="file", disable=None):
+    for path in tqdm(files, desc="predict", unit="file", disable=None):
         for name, image in _frames(path):
             label_ids = predictor(image)
             atomic.write_bytes(folders["labelIds"] / f"{name}.png", png.encode(label_ids))

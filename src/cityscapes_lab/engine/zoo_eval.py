@@ -9,9 +9,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..data import png
 from ..data.layout import annotation_path
 from ..data.raw import open_raw, scan
+from ..errors import DataError
 from ..metrics.official import ConfusionMatrix, InstanceStats, OfficialScores, official_scores
 from .prediction import Predictor
 
@@ -23,9 +23,18 @@ class ZooEvaluation:
     seconds_per_image: float
 
 
+def check_split(split: str) -> None:
+    """Refuse the official test split: its ground truth is not public (the files hold only the void borders)."""
+    if split == "test":
+        raise DataError("--split test: the test split has no public labels, so it cannot be scored here; score val, "
+                        "or make a test-server submission with `cityscapes-lab predict ... leftImg8bit/test --out DIR` "
+                        "(its labelIds/ folder is the submission format)")
+
+
 def evaluate_on_raw(predictor: Predictor, raw: Path, split: str = "val", limit: int | None = None,
                     show_progress: bool = True) -> ZooEvaluation:
     """Predict every image of ``split`` (or the first ``limit``) and score it against the ground truth."""
+    check_split(split)
     index = open_raw(raw)
     frames = scan(index, {split: "gtFine"})[split][:limit]
     confusion, instances = ConfusionMatrix(), InstanceStats()
@@ -34,15 +43,19 @@ def evaluate_on_raw(predictor: Predictor, raw: Path, split: str = "val", limit: 
     bar = tqdm(frames, desc=f"zoo eval ({split})", unit="img", disable=None if show_progress else True,
                dynamic_ncols=True)  # tqdm's remaining-time estimate matters: a CPU takes minutes per image
     for frame in bar:
-        image = png.decode(index.read(frame.image))[..., :3]
+        image = index.decode(frame.image)[..., :3]
         start = time.perf_counter()
         predicted = predictor(image)
         seconds += time.perf_counter() - start
-        truth = png.decode(index.read(frame.label))
-        confusion.add(predicted, truth)
+        truth = index.decode(frame.label)
+        try:
+            confusion.add(predicted, truth)
+        except ValueError:
+            raise DataError(f"{index.describe(frame.label)}: holds values beyond the labelIds 0..33; use the official "
+                            "*_gtFine_labelIds.png files") from None
         instance_path = annotation_path(split, frame.frame, "instanceIds.png")
         if instance_path in index.files:
-            instances.add(predicted, png.decode(index.read(instance_path)))
+            instances.add(predicted, index.decode(instance_path))
         else:
             with_instances = False
     return ZooEvaluation(official_scores(confusion, instances if with_instances else None), len(frames),

@@ -19,7 +19,7 @@ from ..data.layout import find_frame_id
 from ..errors import DataError
 from ..labels import NUM_LABEL_IDS
 from ..parallel import default_workers, run_tasks
-from .official import ConfusionMatrix, InstanceStats, OfficialScores, official_scores
+from .official import ConfusionMatrix, InstanceStats, OfficialScores, official_scores, train_id_share
 
 CHUNK = 4
 
@@ -86,6 +86,7 @@ class FolderEvaluation:
     scores: OfficialScores
     images: int
     with_instances: bool
+    warnings: tuple[str, ...] = ()  # things that look wrong with the predictions (one line each)
 
 
 def match_predictions(pred_dir: Path, gt_dir: Path) -> list[tuple[str, str, str | None]]:
@@ -134,5 +135,11 @@ def evaluate_folders(pred_dir: Path, gt_dir: Path, *, workers: int | None = None
         confusion.merge(part_confusion)
         if part_instances is not None:
             instances.merge(part_instances)
+    warnings = []
+    share = train_id_share(confusion)
+    if share is not None:
+        warnings.append(f"the predictions look like trainIds, not labelIds (no value above 18, {share:.0%} of the "
+                        "pixels on labels that are void in labelIds); convert them with "
+                        "cityscapes_lab.labels.TRAINID_TO_LABELID (trainId -> labelId) and evaluate again")
     return FolderEvaluation(official_scores(confusion, instances if with_instances else None), len(pairs),
-                            with_instances)
+                            with_instances, tuple(warnings))

@@ -140,6 +140,22 @@ class ConfusionMatrix:
         return self
 
 
+# Confusion columns that only labelIds above 18 reach (traffic light .. bicycle, caravan, trailer): in trainIds
+# (0..18) no prediction reaches them.
+_ONLY_ABOVE_18 = np.array(sorted(set(_COLUMN[19:NUM_LABEL_IDS]) - set(_COLUMN[:19])))
+
+
+def train_id_share(confusion: ConfusionMatrix) -> float | None:
+    """The share of predicted pixels on labels that are void in labelIds, when the predictions look like trainIds
+    (no value above 18 and most pixels void: trainIds 0..6 read as labelIds are all void); else None."""
+    predicted = confusion.counts.sum(axis=0)
+    total = predicted.sum()
+    if total == 0 or predicted[_ONLY_ABOVE_18].any():
+        return None
+    share = float(predicted[C] / total)
+    return share if share > 0.5 else None
+
+
 @dataclass
 class InstanceStats:
     """Per-class instance-weighted true positives and false negatives (the iIoU counts), by trainId and by

@@ -71,10 +71,10 @@ def convert_state_dict(state: Mapping[str, torch.Tensor], layout: CheckpointLayo
     return converted
 
 
-def load_weights(model: nn.Module, path: str | Path, layout: str = "native") -> nn.Module:
+def load_weights(model: nn.Module, path: str | Path, layout: str = "native", content: object = None) -> nn.Module:
     """Load a checkpoint into ``model`` strictly; DataError naming the file, with missing and unexpected keys
-    (or shape mismatches) listed, if it does not fit."""
-    content = load_checkpoint(path)
+    (or shape mismatches) listed, if it does not fit. ``content``: the file's content if already loaded."""
+    content = load_checkpoint(path) if content is None else content
     if not isinstance(content, Mapping):
         raise DataError(f"{path}: holds no state dict; pass a checkpoint of this model")
     if content.get("format") == CHECKPOINT_FORMAT:

@@ -15,6 +15,7 @@ from ..engine.loop import predict
 from ..errors import DataError
 from ..labels import PAPER_PALETTE, TRAINID_PALETTE
 from ..models import build_model
+from ..outputs import check_output_folder
 from ..study.keys import GroupKey, StudyLayout
 from ..study.store import ResultStore
 from .figures import generation_figure, picture_panel
@@ -51,15 +52,19 @@ def write_report(runs: Path, *, panel_images: int = 3) -> ReportFiles:
     layout = StudyLayout(Path(runs))
     if not layout.database.exists():
         raise DataError(f"{runs}: no results database ({layout.database.name}); run `cityscapes-lab study` first")
+    check_output_folder(layout.report, what="a report", ours=lambda folder: True)
     with ResultStore(layout.database) as store:
+        statuses = [row.status for row in store.trainings()]
+        if "done" not in statuses:
+            running = f" ({statuses.count('running')} started, none finished)" if statuses else ""
+            raise DataError(f"{runs}: no training has finished yet{running}, so there is nothing to report; run (or "
+                            "continue) `cityscapes-lab study` first")
         rows = collect(store)
         stand_in = bool(store.get_meta("stand_in"))
         data_dir = store.get_meta("data")
         protocol = store.get_meta("protocol")
         panel_models = _panel_models(store, layout)
         evalnet_table = evalnet_markdown(store)
-    if not rows:
-        raise DataError(f"{runs}: the study has no finished trainings yet; run `cityscapes-lab study` first")
     layout.report.mkdir(parents=True, exist_ok=True)
     note = STAND_IN_NOTE if stand_in else "Data: the Cityscapes download."
     header = (f"# Results of {Path(runs).name}\n\nProtocol: {protocol}. {note}\n\n"

@@ -129,7 +129,7 @@ def run_generation(ctx: StudyContext, recipe: Recipe, group: GroupKey, nets: lis
     keys = [TrainingKey(group, member) for member in range(ctx.config.semisup.students)]
     if all(ctx.store.status(k) in ("done", "failed") for k in keys):
         ctx.counts["skipped"] += len(keys)
-        ctx.bar.update(len(keys))
+        ctx.progress.skipped(len(keys))
         rank_group(ctx, group, keys)
         _stats(ctx, group)
         return
@@ -221,7 +221,7 @@ def train_evalnets(ctx: StudyContext, approach: str, recipe: Recipe, run: int) -
     for key in keys:
         if key not in pending:
             ctx.counts["skipped"] += 1
-            ctx.bar.update()
+            ctx.progress.skipped()
             continue
         seed = derive_seed(ctx.config.study.seed, str(key))
         ctx.store.start(key, seed, ctx.config.digest())
@@ -234,14 +234,12 @@ def train_evalnets(ctx: StudyContext, approach: str, recipe: Recipe, run: int) -
                                                             device)
         except TrainingDiverged as exc:
             record(ctx, key, TaskResult(str(key), "failed", time.perf_counter() - start, error=str(exc)))
-            ctx.bar.update()
             continue
         save_checkpoint(out / "best.pt", {"model_name": "evalnet", "num_classes": ctx.data.num_classes,
                                           "state_dict": state, "key": str(key), "val": figures})
         (out / "last.pt").unlink(missing_ok=True)
         record(ctx, key, TaskResult(str(key), "done", time.perf_counter() - start, epochs, None,
                                     str(out / "best.pt"), None, {"val": figures}))
-        ctx.bar.update()
     ranked = rank_group(ctx, group, keys, "val", "total_loss", higher_is_better=False)
     return [ctx.layout.training(key) / "best.pt" for key in ranked]
 

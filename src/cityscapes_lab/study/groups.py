@@ -8,11 +8,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-
 from ..config import Config
 from ..data.prepared import PreparedData
 from .keys import GroupKey, StudyLayout, TrainingKey, derive_seed
+from .progress import StudyProgress
 from .store import ResultStore
 from .tasks import TaskResult, TrainingTask, execute
 
@@ -27,7 +26,7 @@ class StudyContext:
     store: ResultStore
     data: PreparedData
     config: Config
-    bar: tqdm
+    progress: StudyProgress
     log: Callable[[str], None]
     show_progress: bool = True
     counts: dict[str, int] = field(default_factory=lambda: {"trained": 0, "skipped": 0, "failed": 0})
@@ -54,6 +53,7 @@ def record(ctx: StudyContext, key: TrainingKey, result: TaskResult) -> None:
                      best_epoch=result.best_epoch, checkpoint=result.checkpoint, error=result.error,
                      scores=result.scores)
     ctx.counts["trained"] += 1
+    ctx.progress.done(str(key), result)
     if result.status == "failed":
         ctx.counts["failed"] += 1
         ctx.log(f"{key}: failed: {result.error}")
@@ -91,11 +91,10 @@ def train_group(ctx: StudyContext, group: GroupKey, tasks: list[tuple[TrainingKe
     for key, task in tasks:
         if ctx.store.status(key) in ("done", "failed"):
             ctx.counts["skipped"] += 1
-            ctx.bar.update()
+            ctx.progress.skipped()
             continue
         ctx.store.start(key, task.seed, ctx.config.digest())
         record(ctx, key, execute(task))
-        ctx.bar.update()
     return rank_group(ctx, group, [key for key, _ in tasks])
 
 

@@ -47,6 +47,11 @@ class StudyLayout:
         return self.root / "results.sqlite"
 
     @property
+    def log(self) -> Path:
+        """One line per finished training (the study's progress, for `tail -f`)."""
+        return self.root / "study.log"
+
+    @property
     def report(self) -> Path:
         return self.root / "report"
 

@@ -12,17 +12,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from .. import atomic
 from ..config import Config, format_config
 from ..data.prepared import PreparedData, load_prepared
 from ..errors import ConfigError
+from ..outputs import check_output_folder
 from ..semisup.recipes import RECIPES, required_baselines
 from ..semisup.runner import planned_trainings, run_approach
 from .approaches import BASELINES, ensure_aldt_set
 from .groups import StudyContext, make_task, train_group
 from .keys import GroupKey, StudyLayout, TrainingKey
+from .progress import StudyProgress
 from .store import ResultStore
 
 
@@ -45,18 +45,50 @@ def resolve_approaches(approaches: list[str]) -> tuple[list[str], list[str]]:
     return [b for b in BASELINES if b in needed], semisup
 
 
+def is_study(folder: Path) -> bool:
+    """Whether ``folder`` is a study folder (it has the results database)."""
+    return StudyLayout(Path(folder)).database.exists()
+
+
+def check_settings(data: PreparedData, config: Config, semisup: list[str]) -> None:
+    """Every setting that can only be checked against the data or this machine, checked before anything is
+    written: a typo must not leave a study folder that then refuses the corrected command."""
+    from ..engine.loop import resolve_device
+    from ..models import build_model
+    from ..semisup.runner import n_values
+
+    resolve_device(config.train.device, "train.device")
+    build_model(config.train.model, data.num_classes, alpha=config.train.alpha)  # unknown model or option
+    unknown = [name for name in config.study.eval_splits if name not in data.splits]
+    if unknown:
+        raise ConfigError(f"study.eval_splits: {data.root} has no split {', '.join(map(repr, unknown))}; it has: "
+                          f"{', '.join(data.splits)}")
+    study, students = config.study, config.semisup.students
+    for approach in semisup:
+        recipe = RECIPES[approach]
+        teachers = max(n_values(recipe, config)) if recipe.rule in ("ensemble", "im") else 1
+        kept = min(study.models, study.top_k)
+        if recipe.generations and config.semisup.generations > 1:
+            kept = min(kept, students)
+        if teachers > kept:
+            raise ConfigError(f"{approach} teaches with {teachers} models, but its groups keep only {kept} (study.models "
+                              f"{study.models}, study.top_k {study.top_k}, semisup.students {students}); raise them to "
+                              f"at least {teachers}, or lower semisup.n")
+
+
 def open_study(out: Path, data: PreparedData, config: Config) -> tuple[StudyLayout, ResultStore]:
     """Create or reopen a study folder; refuse one that was started with other settings or other data."""
+    check_output_folder(out, what="a study", ours=is_study, inputs=[data.root])
     layout = StudyLayout(Path(out))
-    atomic.check_writable_parent(layout.database)
     layout.root.mkdir(parents=True, exist_ok=True)
     store = ResultStore(layout.database)
-    previous = store.get_meta("config_digest")
-    if previous is not None and previous != config.digest():
+    previous = store.get_meta("config")
+    changed = config.differences(previous) if previous is not None else []
+    if changed:
         store.close()
-        raise ConfigError(f"{out}: this study was started with other settings (digest {previous}, now "
-                          f"{config.digest()}, see {layout.root / 'config.toml'}); pass the same settings to "
-                          "continue it, or choose a new --out")
+        raise ConfigError(f"{out}: this study was started with other settings ({'; '.join(changed)}; see "
+                          f"{layout.root / 'config.toml'}); pass the same settings to continue it, or choose a new "
+                          "--out")
     previous_data = store.get_meta("data")
     if previous_data is not None and previous_data != str(data.root.resolve()):
         store.close()
@@ -87,19 +119,25 @@ def run_study(data_dir: Path, out: Path, approaches: list[str], config: Config, 
               log: Callable[[str], None] = lambda message: None) -> StudySummary:
     """Run (or continue) the study in ``out`` for the given approaches."""
     baselines, semisup = resolve_approaches(approaches)
-    added = [b for b in baselines if b not in approaches]
-    if added:
-        log(f"adding {', '.join(a.upper() for a in added)}: the semi-supervised approaches start from them")
     data = load_prepared(data_dir)
     if data.protocol != "paper":
         raise ConfigError(f"{data_dir}: the study follows the paper protocol, this folder is {data.protocol}; "
                           "prepare the data with --protocol paper")
+    data.verify()
+    check_settings(data, config, semisup)
+    added = [b for b in baselines if b not in approaches]
+    if added:
+        log(f"adding {', '.join(a.upper() for a in added)}: the semi-supervised approaches start from them")
     layout, store = open_study(out, data, config)
     total = len(baselines) * config.study.runs * config.study.models + sum(
         planned_trainings(approach, config) for approach in semisup)
-    with store, tqdm(total=total, desc="study", unit="model", disable=None if show_progress else True,
-                     dynamic_ncols=True) as bar:
-        ctx = StudyContext(layout, store, data, config, bar, log, show_progress)
-        groups = sum(run_baseline(ctx, approach) for approach in baselines)
-        groups += sum(run_approach(ctx, approach) for approach in semisup)
+    progress = StudyProgress(total, layout.log, show_progress)
+    with store:
+        try:
+            progress.start(sum(row.status in ("done", "failed") for row in store.trainings()))
+            ctx = StudyContext(layout, store, data, config, progress, log, show_progress)
+            groups = sum(run_baseline(ctx, approach) for approach in baselines)
+            groups += sum(run_approach(ctx, approach) for approach in semisup)
+        finally:
+            progress.close()
     return StudySummary(ctx.counts["trained"], ctx.counts["skipped"], ctx.counts["failed"], groups)

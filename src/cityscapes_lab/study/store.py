@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import DataError
 from .keys import GroupKey, TrainingKey
 
 SCHEMA = """
@@ -62,8 +63,14 @@ class ResultStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.executescript(SCHEMA)
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.executescript(SCHEMA)
+            self.db.execute("SELECT count(*) FROM trainings JOIN scores USING (key)").fetchone()
+        except sqlite3.DatabaseError as exc:
+            self.db.close()
+            raise DataError(f"{self.path}: not a readable results database ({exc}); restore it from a copy, or "
+                            "start the study again under a new --out") from None
 
     def close(self) -> None:
         self.db.close()

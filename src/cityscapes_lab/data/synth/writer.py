@@ -18,6 +18,7 @@ import numpy as np
 
 from ... import atomic
 from ...errors import DataError
+from ...outputs import check_output_folder, check_partial
 from ...parallel import default_workers, run_tasks
 from .. import png
 from ..layout import (COARSE_FOLDER, FINE_FOLDER, IMAGE_FOLDER, OFFICIAL_CITIES, FrameId, annotation_path,
@@ -140,17 +141,15 @@ def synthesize(out: Path, options: SynthOptions, *, workers: int | None = None, 
     """
     out = Path(out)
     settings = json.loads(json.dumps(asdict(options)))  # as it reads back from the options file
-    if out.exists() and not force:
-        marker = out / MARKER
-        if not marker.exists():
-            raise DataError(f"{out}: exists and is not a stand-in dataset; choose a new folder or pass --force")
+    check_output_folder(out, what="stand-in data", ours=lambda folder: (folder / MARKER).exists())
+    if (out / MARKER).exists() and not force:
         previous = out / ".synth-options.json"
         if previous.exists() and json.loads(previous.read_text()) != settings:
             raise DataError(f"{out}: holds stand-in data made with other options; pass --force to replace it")
         return False
-    atomic.check_writable_parent(out)
     partial = atomic.partial_path(out)
     options_file = partial / ".synth-options.json"
+    check_partial(partial, out, options_file.name)
     if partial.exists() and (not options_file.exists() or json.loads(options_file.read_text()) != settings):
         shutil.rmtree(partial)  # an interrupted build with other options: start over
     partial.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,43 @@
+"""`cityscapes-lab train`: what it refuses (one line naming the file or setting, before any work) and a short
+training that it runs."""
+
+import json
+
+import pytest
+
+from oneline import expect_error, run_cli
+
+TINY = ["--set", "train.epochs=1", "--set", "train.batch_size=4", "--set", "online.crop=[64,64]"]
+
+
+@pytest.fixture
+def args(tiny_standard, tmp_path) -> list:
+    return ["train", "--data", tiny_standard, "--model", "unet_paper", "--option", "alpha=0.25", "--out",
+            tmp_path / "run", "--split", "train_labeled_1_2", *TINY]
+
+
+def test_a_short_training_writes_its_checkpoint(args, tmp_path, capsys):
+    code, printed, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert "best val mIoU" in printed and json.loads((tmp_path / "run" / "result.json").read_text())["epochs"] == 1
+
+
+def test_weights_that_are_empty_or_do_not_fit(args, unet_checkpoint, tmp_path, capsys):
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    expect_error([*args, "--weights", empty], capsys, str(empty), "empty")
+    # A 35-class U-Net of width 0.5 into a 19-class U-Net of width 0.25.
+    expect_error([*args, "--weights", unet_checkpoint], capsys, str(unet_checkpoint), "does not fit")
+    assert not (tmp_path / "run").exists()
+
+
+def test_split_without_labels_and_unknown_splits(args, tmp_path, capsys):
+    expect_error([*args, "--split", "test"], capsys, "'test' (--split)", "no labels")
+    expect_error([*args, "--val-split", "vla"], capsys, "--val-split", "vla", "val")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("device", ["cuda", "tpu"])
+def test_unknown_or_missing_device(args, device, tmp_path, capsys):
+    expect_error([*args, "--set", f"train.device={device}"], capsys, "train.device", device, "cpu")
+    assert not (tmp_path / "run").exists()
