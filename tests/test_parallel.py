@@ -38,8 +38,9 @@ def blur(k):
     return float(cv2.GaussianBlur(np.full((500, 500), k, np.float32), (9, 9), 2).mean())
 cv2.resize(np.random.rand(2000, 2000).astype(np.float32), (4000, 4000))  # OpenCV's thread pool runs now
 assert parallel._can_fork()
+before = cv2.getNumThreads()
 print(sorted(r for _, r in parallel.run_tasks(blur, range(6), workers=2, desc="t")))
-print(cv2.getNumThreads())
+print(cv2.getNumThreads() == before)
 """
 
 
@@ -50,7 +51,7 @@ def test_forked_workers_do_not_hang_on_the_parents_opencv_threads():
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == str([float(k) for k in range(6)])
-    assert int(lines[1]) == __import__("cv2").getNumThreads()  # the parent's setting is back
+    assert lines[1] == "True"  # the parent's setting is back
 
 
 def test_an_error_in_a_worker_is_raised_with_its_traceback():
