@@ -86,3 +86,11 @@ def test_binary_and_non_utf8_files_are_one_line_and_a_bom_is_fine(tmp_path, caps
     with_bom = tmp_path / "bom.toml"
     with_bom.write_bytes("\ufeff[train]\nepochs = 3\n".encode())
     assert load_config(with_bom).train.epochs == 3
+
+
+def test_list_defaults_are_not_shared_between_instances():
+    first = Config()
+    first.aldt.contrast.append(9.0)
+    first.study.eval_splits.clear()
+    fresh = Config()
+    assert fresh.aldt.contrast == [0.6, 1.4] and fresh.study.eval_splits == Config().study.eval_splits != []

@@ -374,7 +374,7 @@ def demo(out: Path, workers: int | None) -> None:
     _say(DISCLAIMER)
     result = run_demo(out, workers=workers, log=_say)
     _say("")
-    _say(result.report.table_md.read_text().split("\n\n", 3)[-1].split("\n## ")[0].strip())  # the main table
+    _say(result.report.main_table.strip())
     _say("")
     _say(f"table:  {result.report.table_md}  (and {result.report.table_csv.name})")
     _say(f"figure: {result.report.figure}")

@@ -7,6 +7,7 @@ the environment at import; ``load_config`` does, when called.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -27,7 +28,7 @@ else:  # pragma: no cover - Python 3.10
 def setting(default: Any, help: str) -> Any:  # noqa: A002 - the natural name
     """A config field with its one-line description (shown by ``config show``)."""
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: default, metadata={"help": help})
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})  # one per instance
     return field(default=default, metadata={"help": help})
 
 

@@ -50,10 +50,11 @@ def test_keras_initialisation_and_batchnorm_settings():
     assert bn.eps == 1e-3 and bn.momentum == 0.01
 
 
-def test_input_is_scaled_inside_and_uint8_equals_float():
+def test_input_is_scaled_inside_and_uint8_equals_float_in_0_1():
+    """uint8 is divided by 255 inside, as the study does; float input is already in [0, 1] (the contract)."""
     model = UNetPaper(5).eval()
     images = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
-    assert torch.allclose(model(images), model(images.float()), atol=1e-5)
+    assert torch.equal(model(images), model(images.float() * (1.0 / 255.0)))
 
 
 def test_unknown_model_and_option_are_refused():
@@ -80,3 +81,42 @@ def test_recompute_gives_the_same_result_and_batchnorm_statistics():
     assert torch.equal(loss_a, loss_b)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads_a, grads_b))
     assert all(torch.equal(a, b) for a, b in zip(buffers_a, buffers_b))
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_the_input_contract_uint8_or_float_in_0_1_give_the_same_logits(name):
+    """Every registry model takes RGB (N, 3, H, W) as uint8 or as float in [0, 1] and normalises itself."""
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=7, **model_spec(name).test_options).eval()
+    images = torch.randint(0, 256, (1, 3, 64, 96), dtype=torch.uint8)
+    with torch.no_grad():
+        as_uint8, as_float = model(images), model(images.float() / 255)
+    torch.testing.assert_close(as_float, as_uint8, atol=1e-4, rtol=1e-4)
+
+
+def test_predict_gives_the_classes_of_a_direct_forward(tmp_path):
+    """`predict` (and `zoo eval`) feed a model through the same contract as the study: same classes. The
+    biases and batch-norm statistics are random: with the zeros of a fresh model the U-Net is scale-invariant
+    and a wrong input scale would go unnoticed."""
+    import numpy as np
+
+    from cityscapes_lab.engine.checkpoint import save_checkpoint
+    from cityscapes_lab.engine.prediction import label_ids_of, load_predictor
+
+    torch.manual_seed(0)
+    model = build_model("unet_paper", 35, alpha=0.5).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.5)
+                module.running_var.uniform_(0.5, 1.5)
+            if getattr(module, "bias", None) is not None:
+                module.bias.normal_(0, 0.2)
+    path = tmp_path / "best.pt"
+    save_checkpoint(path, {"model_name": "unet_paper", "model_options": {"alpha": 0.5}, "num_classes": 35,
+                           "protocol": "paper", "input_size": [112, 64], "state_dict": model.state_dict()})
+    image = np.random.default_rng(0).integers(0, 256, (64, 112, 3), np.uint8)
+    with torch.no_grad():
+        direct = model(torch.from_numpy(image).permute(2, 0, 1)[None]).argmax(1)[0].numpy().astype(np.uint8)
+    assert len(np.unique(direct)) > 1
+    assert np.array_equal(load_predictor(None, path, device="cpu")(image), label_ids_of(direct, 35))

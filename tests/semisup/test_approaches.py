@@ -211,3 +211,21 @@ def test_pseudo_labelled_sets_export_to_the_studys_png_layout(study, tmp_path, c
     assert np.array_equal(png.decode((tmp_path / "png" / "masks" / f"{first}.png").read_bytes()),
                           np.asarray(pairs.labels[0]))
     assert np.array_equal(png.decode((tmp_path / "png" / "im" / f"{first}.png").read_bytes()) > 0, masks[0])
+
+
+def test_evalnet_validation_runs_one_forward_pass_per_batch():
+    from cityscapes_lab.models.evalnet import EvalNet
+    from cityscapes_lab.semisup.evalnet import EvalNetRows, validate
+
+    rng = np.random.default_rng(0)
+    rows = EvalNetRows(images=rng.integers(0, 256, (2, 16, 16, 3), np.uint8), image_index=np.array([0, 1, 0, 1, 0]),
+                       masks=rng.integers(0, 35, (5, 16, 16), np.uint8),
+                       iou=rng.random((5, 35), np.float32), detection=(rng.random((5, 35)) > 0.5).astype(np.float32))
+    torch.manual_seed(0)
+    model = EvalNet(35, alpha=0.25)
+    calls = []
+    model.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
+    figures = validate(model, rows, batch_size=2, device=torch.device("cpu"), precision="fp32")
+    assert calls == [2, 2, 1]  # three batches, one pass each
+    assert figures["total_loss"] == pytest.approx(figures["iou_loss"] + figures["detection_loss"])
+    assert 0 <= figures["detection_accuracy"] <= 1 and figures["iou_mae"] > 0

@@ -99,3 +99,17 @@ def test_evalnet_score():
     assert evalnet_score(iou, detection) == pytest.approx((0.9 + 0.6 + 0.4) / 3)
     assert evalnet_score(iou, detection, slice(1, None)) == pytest.approx((0.6 + 0.4) / 2)
     assert evalnet_score(iou, np.zeros(4)) == 0.0
+
+
+def test_an_unknown_labelling_rule_is_refused_not_run_as_im():
+    import torch
+
+    from cityscapes_lab.semisup.pseudo import LabelingRule, label_batch
+
+    with pytest.raises(ValueError, match="unknown labelling rule 'majority'"):
+        LabelingRule("majority")
+    rule = LabelingRule("im")
+    object.__setattr__(rule, "kind", "majority")  # past the check: label_batch must refuse it as well
+    with pytest.raises(ValueError, match="no code for the labelling rule 'majority'"):
+        label_batch([torch.nn.Conv2d(3, 4, 1)], np.zeros((1, 4, 4, 3), np.uint8), ["a"], rule, torch.device("cpu"),
+                    "fp32", 0)

@@ -69,6 +69,7 @@ def test_training_curves_and_no_leftover_resume_points(finished_study):
 def test_report_files(finished_study):
     files = write_report(finished_study)
     table = files.table_md.read_text()
+    assert files.main_table.startswith("| approach |") and files.main_table in table  # what the demo prints
     assert "stand-ins" in table and "| FDT |" in table and "| LDT |" in table and "| ALDT |" in table
     assert files.table_csv.read_text().splitlines()[0].startswith("approach,n,generation,runs,models")
     assert files.figure.stat().st_size > 10_000 and files.panel.stat().st_size > 10_000

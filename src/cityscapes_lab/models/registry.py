@@ -3,6 +3,12 @@
 
 Adding a model means one module with its ``nn.Module`` and one entry in ``MODELS``. Zoo entries name their
 builder as ``module:function`` so that importing the registry does not import every architecture.
+
+The contract every registry model honours (tested for each one):
+- input: RGB images (N, 3, H, W), uint8 (0..255) or float in [0, 1]; the model normalises them itself (its own
+  mean and std, or the study's /255), so a caller never scales for a particular model;
+- output: logits (N, num_classes, H, W) float32 at the input resolution (models with an auxiliary head return
+  ``(main, aux)`` only when called with ``return_aux=True``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The Inconsistency-Masks study's U-Net (paper-protocol notes 2.1 and 2.3), in PyTorch.
 
 Every convolution has a bias and a ReLU; BatchNorm comes *after* the activation; skips are added, not
-concatenated; widths are ``int(base * alpha)``; the input is uint8 (or float 0..255) RGB scaled by 1/255 inside.
+concatenated; widths are ``int(base * alpha)``. It follows the registry's input contract: uint8 RGB is scaled by
+1/255 inside (as the study), float input is taken as already in [0, 1].
 Initialisation and BatchNorm settings follow Keras: truncated He-normal weights, zero biases, eps 1e-3,
 momentum 0.99 (PyTorch 0.01). At alpha 1 and 35 classes the network has 680,755 trainable parameters.
 """
@@ -44,7 +45,7 @@ class Block(nn.Sequential):
 
 
 class UNetPaper(nn.Module):
-    """The study's U-Net. Input (N, 3, H, W) uint8 or float in 0..255 (H, W divisible by 16); output logits
+    """The study's U-Net. Input (N, 3, H, W) uint8 or float in [0, 1] (H, W divisible by 16); output logits
     (N, num_classes, H, W) float32 (softmax is applied by the loss and the metrics).
 
     ``recompute = True`` (set by the trainer) keeps only the stage boundaries during training and recomputes the
@@ -79,7 +80,9 @@ class UNetPaper(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         recompute = self.recompute and self.training and torch.is_grad_enabled()
         stage = checkpointed if recompute else (lambda fn, *inputs: fn(*inputs))
-        x = images.float() * (1.0 / 255.0)
+        # The registry contract: uint8, or float already in [0, 1]. The study's /255 stays inside (uint8 input,
+        # as the study trains, gives the same numbers as before).
+        x = images.float() * (1.0 / 255.0) if images.dtype == torch.uint8 else images.float()
         skips = [stage(lambda a: self.encoder[0](self.stem(a)), x)]
         for block in self.encoder[1:]:
             skips.append(stage(lambda a, block=block: block(F.max_pool2d(a, 2)), skips[-1]))

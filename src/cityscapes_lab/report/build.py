@@ -31,6 +31,7 @@ class ReportFiles:
     table_csv: Path
     figure: Path
     panel: Path | None
+    main_table: str = ""  # the approach x generation table of results.md, as Markdown
 
 
 def _panel_models(store: ResultStore, layout: StudyLayout, limit: int = 4) -> dict[str, Path]:
@@ -71,9 +72,10 @@ def write_report(runs: Path, *, panel_images: int = 3) -> ReportFiles:
               "Mean ± standard deviation over runs of each group's mean over its models; 'paper' columns use the "
               "study's per-image metric (35 indices), 'official' columns the Cityscapes benchmark's 19-class "
               "dataset-level scores at the prepared resolution.\n\n")
+    main_table = markdown(rows)
     files = ReportFiles(layout.report / "results.md", layout.report / "results.csv", layout.report / "figure.png",
-                        layout.report / "panel.png" if panel_models else None)
-    body = header + markdown(rows)
+                        layout.report / "panel.png" if panel_models else None, main_table)
+    body = header + main_table
     pseudo_table = pseudo_label_markdown(rows)
     if pseudo_table:
         body += ("\n## Pseudo-labelled sets\n\nMeans over runs; IM sizes are the teachers' inconsistency masks "

@@ -108,12 +108,18 @@ def _batch(rows: EvalNetRows, indices: np.ndarray, device: torch.device):
     return images, masks, iou, detection
 
 
-def _losses(model: nn.Module, batch, precision: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    images, masks, iou, detection = batch
+def _predict(model: nn.Module, batch, precision: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass: predicted (IoU, detection), each (B, C) float32."""
     with autocast(precision, device):
-        predicted_iou, predicted_detection = model(images, masks)
-    return (F.mse_loss(predicted_iou.float(), iou),
-            F.binary_cross_entropy(predicted_detection.float().clamp(1e-7, 1 - 1e-7), detection))
+        predicted_iou, predicted_detection = model(batch[0], batch[1])
+    return predicted_iou.float(), predicted_detection.float()
+
+
+def _loss_terms(predicted: tuple[torch.Tensor, torch.Tensor], batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """MSE on the IoU targets and BCE on the detection targets."""
+    predicted_iou, predicted_detection = predicted
+    return (F.mse_loss(predicted_iou, batch[2]),
+            F.binary_cross_entropy(predicted_detection.clamp(1e-7, 1 - 1e-7), batch[3]))
 
 
 @torch.no_grad()
@@ -125,13 +131,12 @@ def validate(model: nn.Module, rows: EvalNetRows, batch_size: int, device: torch
     for start in range(0, len(rows), batch_size):
         indices = np.arange(start, min(start + batch_size, len(rows)))
         batch = _batch(rows, indices, device)
-        with autocast(precision, device):
-            predicted_iou, predicted_detection = model(batch[0], batch[1])
-        iou_loss, detection_loss = _losses(model, batch, precision, device)
+        predicted_iou, predicted_detection = predicted = _predict(model, batch, precision, device)
+        iou_loss, detection_loss = _loss_terms(predicted, batch)
         sums["iou_loss"] += float(iou_loss) * len(indices)
         sums["detection_loss"] += float(detection_loss) * len(indices)
-        sums["iou_mae"] += float((predicted_iou.float() - batch[2]).abs().mean()) * len(indices)
-        sums["detection_accuracy"] += float(((predicted_detection.float() >= 0.5) == (batch[3] >= 0.5)).float()
+        sums["iou_mae"] += float((predicted_iou - batch[2]).abs().mean()) * len(indices)
+        sums["detection_accuracy"] += float(((predicted_detection >= 0.5) == (batch[3] >= 0.5)).float()
                                             .mean()) * len(indices)
     result = {name: value / max(1, len(rows)) for name, value in sums.items()}
     result["total_loss"] = result["iou_loss"] + result["detection_loss"]
@@ -158,7 +163,8 @@ def train_evalnet(rows: EvalNetRows, val_rows: EvalNetRows, config: TrainConfig,
     while epoch < epochs:
         model.train()
         for step in range(epoch * steps, (epoch + 1) * steps):
-            iou_loss, detection_loss = _losses(model, _batch(rows, stream.batch(step), device), precision, device)
+            batch = _batch(rows, stream.batch(step), device)
+            iou_loss, detection_loss = _loss_terms(_predict(model, batch, precision, device), batch)
             loss = iou_loss + detection_loss
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"the EvalNet loss became {float(loss)} at step {step}")

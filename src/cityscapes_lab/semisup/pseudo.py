@@ -69,7 +69,9 @@ def predicted_classes(models: list[nn.Module], images: np.ndarray, device: torch
 class LabelingRule:
     """How teachers turn an unlabeled image into a training pair."""
 
-    kind: str  # ensemble | input_ensemble | teacher | im
+    KINDS = ("ensemble", "input_ensemble", "teacher", "im")
+
+    kind: str  # one of KINDS
     copies: int = 0  # input_ensemble: augmented copies per image (the study: n+1 for n in 3, 5, 7)
     photometric: AugmentParams = AugmentParams((0.7, 1.3), (-15.0, 15.0), 1, 15)  # input ensemble (notes 5.5)
     cumulative: bool = True  # input ensemble: each copy augments the previous (the study)
@@ -78,11 +80,17 @@ class LabelingRule:
     block_input: bool = True
     block_output: bool = True
 
+    def __post_init__(self) -> None:
+        if self.kind not in self.KINDS:
+            raise ValueError(f"unknown labelling rule {self.kind!r}; the rules are: {', '.join(self.KINDS)}")
+
 
 def label_batch(models: list[nn.Module], images: np.ndarray, ids: list[str], rule: LabelingRule,
                 device: torch.device, precision: str, seed: int
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Pseudo pairs of one batch: (images, labels, masks or None), each (B, H, W[, 3])."""
+    if rule.kind not in ("input_ensemble", "ensemble", "teacher", "im"):  # never fall through to IM
+        raise ValueError(f"label_batch has no code for the labelling rule {rule.kind!r}")
     if rule.kind == "input_ensemble":
         labels = np.empty(images.shape[:3], dtype=np.uint8)
         for i, (image, image_id) in enumerate(zip(images, ids)):
