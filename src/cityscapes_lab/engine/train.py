@@ -50,7 +50,8 @@ def fit(model: nn.Module, train: SplitArrays, validate: Callable[[nn.Module], fl
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = DecoupledAdamW(model.parameters(), lr=config.lr, decay=config.weight_decay, eps=config.adam_eps)
+    optimizer = DecoupledAdamW(model.parameters(), lr=config.lr, decay=config.weight_decay, eps=config.adam_eps,
+                               keras_epsilon=True)  # the study's Keras optimizer
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     steps = config.steps_per_epoch or max(1, len(train) // config.batch_size)
     stream = BatchStream(len(train), config.batch_size, seed)

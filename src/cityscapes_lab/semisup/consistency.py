@@ -68,7 +68,8 @@ def fine_tune(model: nn.Module, labeled: SplitArrays, unlabeled: SplitArrays, va
     weights, best validation loss, best epoch, epochs run)."""
     precision = resolve_precision(config.precision, device)
     model.to(device).to(memory_format=torch.channels_last)
-    optimizer = DecoupledAdamW(model.parameters(), lr=config.lr, decay=config.weight_decay, eps=config.adam_eps)
+    optimizer = DecoupledAdamW(model.parameters(), lr=config.lr, decay=config.weight_decay, eps=config.adam_eps,
+                               keras_epsilon=True)  # the study's Keras optimizer
     labeled_stream = BatchStream(len(labeled), config.batch_size, derive_seed(seed, "labeled"))
     unlabeled_stream = BatchStream(len(unlabeled), config.batch_size, derive_seed(seed, "unlabeled"))
     epoch, best_loss, best_epoch, best_state = 0, math.inf, -1, None

@@ -151,7 +151,8 @@ def train_evalnet(rows: EvalNetRows, val_rows: EvalNetRows, config: TrainConfig,
     precision = resolve_precision(config.precision, device)
     torch.manual_seed(seed)
     model = EvalNet(rows.iou.shape[1]).to(device).to(memory_format=torch.channels_last)
-    optimizer = DecoupledAdamW(model.parameters(), lr=config.lr, decay=config.weight_decay, eps=config.adam_eps)
+    optimizer = DecoupledAdamW(model.parameters(), lr=config.lr, decay=config.weight_decay, eps=config.adam_eps,
+                               keras_epsilon=True)  # the study's Keras optimizer
     steps = max(1, len(rows) // config.batch_size)
     stream = BatchStream(len(rows), config.batch_size, seed)
     epoch, best, best_state = 0, {"total_loss": math.inf}, None
