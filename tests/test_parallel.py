@@ -65,27 +65,26 @@ def test_a_worker_that_dies_is_a_one_line_error():
         list(run_tasks(os._exit, [3, 3, 3], workers=2, desc="t"))
 
 
-def _children(parent: int) -> list[int]:
-    """Live processes whose parent is ``parent`` (zombies count as gone)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if fields[0] != "Z" and int(fields[1]) == parent:
-                found.append(int(entry.name))
-    return found
+def _state_and_parent(pid: int) -> tuple[str, int] | None:
+    """A process's state letter and parent pid from /proc, or None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[1])
 
 
 def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    """Running or sleeping (a zombie counts as gone)."""
+    found = _state_and_parent(pid)
+    return found is not None and found[0] != "Z"
+
+
+def _children(parent: int) -> list[int]:
+    """Live processes whose parent is ``parent``."""
+    pids = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+    return [pid for pid, found in zip(pids, map(_state_and_parent, pids))
+            if found is not None and found[0] != "Z" and found[1] == parent]
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")

@@ -6,8 +6,8 @@ Workers receive pickled tasks on one pipe and send results back on another (``ci
 guard crashes), ``fork`` is unsafe once other threads run (torch's OpenMP pool), and with none of them do the
 workers notice that their parent was killed. Ours fork while that is safe (fast: nothing to import; OpenCV's
 thread pool is stopped for the moment of the fork), and start fresh interpreters otherwise, which import just the
-module of the task's function. Either
-way they ignore Ctrl-C (the parent stops them) and exit when the parent dies, even in the middle of a task.
+module of the task's function. Either way they ignore Ctrl-C (the parent stops them) and exit when the parent dies,
+even in the middle of a task.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def _death_message(worker: _Worker) -> str:
 
 
 class _Pool:
-    """``size`` started workers, one task in flight on each."""
+    """``size`` started workers, up to two tasks in flight on each (the next one waits in its pipe)."""
 
     def __init__(self, size: int):
         fork = _can_fork()

@@ -8,16 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cityscapes_lab.cli import main
 from cityscapes_lab.data import png
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exited:
-        main(args)
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return exited.value.code, captured.out, captured.err
+from oneline import run_cli
 
 
 def expect_failure(raw: Path, out: Path, capsys, *must_mention: str, protocol: str = "paper") -> str:

@@ -32,7 +32,7 @@ from ..outputs import check_output_folder, check_partial
 from ..parallel import default_workers, run_tasks
 from . import png
 from .layout import COARSE_FOLDER, FINE_FOLDER, find_frame_id
-from .raw import RawFrame, RawIndex, count_notes, is_stand_in, open_raw, read_member, scan
+from .raw import RawFrame, RawIndex, count_notes, decode_member, is_stand_in, member_name, open_raw, scan
 from .splits import fraction_name, labeled_subset, parse_fraction, study_split
 
 FORMAT = "cityscapes-lab/prepared-v1"
@@ -174,12 +174,7 @@ def _load_frame(chunk: _Chunk, item: RawFrame, lut: np.ndarray
     """Decode, check, relabel and resize one frame: (H, W, 3) uint8 image, (H, W) uint8 label or None, and
     (H, W) uint16 instance ids or None."""
     def decode(relpath: str) -> np.ndarray:
-        container = chunk.containers[relpath]
-        try:
-            return png.decode(read_member(container, relpath))
-        except png.PngError as exc:
-            where = f"{container}:{relpath}" if container.endswith(".zip") else f"{container}/{relpath}"
-            raise DataError(f"{where}: unreadable PNG ({exc}); replace it from the official download") from None
+        return decode_member(chunk.containers[relpath], relpath)
 
     width, height = chunk.size
     image = decode(item.image)[..., :3]
@@ -190,8 +185,7 @@ def _load_frame(chunk: _Chunk, item: RawFrame, lut: np.ndarray
     label = decode(item.label)
     if label.ndim != 2 or int(label.max()) >= labels.NUM_LABEL_IDS:
         bad = int(label.max()) if label.ndim == 2 else f"{label.ndim}-channel data"
-        container = chunk.containers[item.label]
-        raise DataError(f"{container}:{item.label}: label value {bad} is out of range (labelIds are "
+        raise DataError(f"{member_name(chunk.containers[item.label], item.label)}: label value {bad} is out of range (labelIds are "
                         f"0..{labels.NUM_LABEL_IDS - 1}); use the official *_labelIds.png files, not trainIds or "
                         "colour images")
     if label.shape != (height, width):  # nearest-neighbour picks pixels, so it commutes with the relabelling

@@ -40,20 +40,14 @@ class RawIndex:
     def describe(self, relpath: str) -> str:
         """A file's name for messages: its path, or ``zip:member``."""
         container = self.files.get(relpath)
-        if container and container.endswith(".zip"):
-            return f"{container}:{relpath}"
-        return str(Path(container or self.root) / relpath)
+        return member_name(container, relpath) if container else str(self.root / relpath)
 
     def read(self, relpath: str) -> bytes:
         return read_member(self.files[relpath], relpath)
 
     def decode(self, relpath: str) -> np.ndarray:
         """A PNG of the download as an array; DataError naming the file if it does not decode."""
-        try:
-            return png.decode(self.read(relpath))
-        except png.PngError as exc:
-            raise DataError(f"{self.describe(relpath)}: unreadable PNG ({exc}); replace it from the official "
-                            "download") from None
+        return decode_member(self.files[relpath], relpath)
 
 
 @lru_cache(maxsize=16)
@@ -71,6 +65,16 @@ def _zip(path: str) -> zipfile.ZipFile:
     return _open_zip(path, stat.st_mtime_ns, stat.st_size)
 
 
+def member_name(container: str, relpath: str) -> str:
+    """A file's name for messages: its path, or ``zip:member``."""
+    return f"{container}:{relpath}" if container.endswith(".zip") else os.path.join(container, relpath)
+
+
+def _unreadable_png(container: str, relpath: str, exc: png.PngError) -> DataError:
+    return DataError(f"{member_name(container, relpath)}: unreadable PNG ({exc}); replace it from the official "
+                     "download")
+
+
 def read_member(container: str, relpath: str, length: int | None = None) -> bytes:
     """Bytes of ``relpath`` in a folder or zip container (the first ``length`` bytes if given)."""
     try:
@@ -80,8 +84,16 @@ def read_member(container: str, relpath: str, length: int | None = None) -> byte
         with open(os.path.join(container, relpath), "rb") as handle:
             return handle.read(length) if length is not None else handle.read()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as exc:
-        where = f"{container}:{relpath}" if container.endswith(".zip") else os.path.join(container, relpath)
-        raise DataError(f"{where}: cannot be read ({exc}); replace it from the official download") from None
+        raise DataError(f"{member_name(container, relpath)}: cannot be read ({exc}); replace it from the official "
+                        "download") from None
+
+
+def decode_member(container: str, relpath: str) -> np.ndarray:
+    """A PNG in a folder or zip container as an array; DataError naming the file if it does not decode."""
+    try:
+        return png.decode(read_member(container, relpath))
+    except png.PngError as exc:
+        raise _unreadable_png(container, relpath, exc) from None
 
 
 def _index_folder(root: Path, files: dict[str, str], dirs: set[str]) -> None:
@@ -156,8 +168,7 @@ def _check_png(index: RawIndex, relpath: str, kind: str) -> png.PngHeader:
                 if handle.read() != png.IEND_TRAILER:
                     raise png.PngError("truncated PNG (no end marker)")
     except png.PngError as exc:
-        raise DataError(f"{index.describe(relpath)}: unreadable PNG ({exc}); replace it from the official "
-                        "download") from None
+        raise _unreadable_png(container, relpath, exc) from None
     if kind == "image" and not (header.bit_depth == 8 and header.colour_type in (2, 6)):
         raise DataError(f"{index.describe(relpath)}: not an 8-bit RGB image; use the official leftImg8bit PNGs")
     if kind == "label" and not (header.colour_type == 0 and header.bit_depth in (8, 16)):

@@ -77,12 +77,12 @@ def score_full_resolution(predictions: np.ndarray, ids: list[str], protocol: str
     confusion, instances = ConfusionMatrix(), InstanceStats()
     for prediction, image_id in zip(label_ids_of(predictions, protocol), ids):
         frame = find_frame_id(image_id)
-        label = png.decode(index.read(annotation_path(split, frame, "labelIds.png")))
+        label = index.decode(annotation_path(split, frame, "labelIds.png"))
         full = cv2.resize(prediction, (label.shape[1], label.shape[0]), interpolation=cv2.INTER_NEAREST)
         confusion.add(full, label)
         instance_path = annotation_path(split, frame, "instanceIds.png")
         if instance_path in index.files:
-            instances.add(full, png.decode(index.read(instance_path)))
+            instances.add(full, index.decode(instance_path))
     return official_scores(confusion, instances if instances.seen else None)
 
 

@@ -57,7 +57,7 @@ def write_report(runs: Path, *, panel_images: int = 3) -> ReportFiles:
     with ResultStore(layout.database) as store:
         statuses = [row.status for row in store.trainings()]
         if "done" not in statuses:
-            running = f" ({statuses.count('running')} started, none finished)" if statuses else ""
+            running = f" ({len(statuses)} started, none finished successfully)" if statuses else ""
             raise DataError(f"{runs}: no training has finished yet{running}, so there is nothing to report; run (or "
                             "continue) `cityscapes-lab study` first")
         rows = collect(store)

@@ -89,8 +89,6 @@ def label_batch(models: list[nn.Module], images: np.ndarray, ids: list[str], rul
                 device: torch.device, precision: str, seed: int
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Pseudo pairs of one batch: (images, labels, masks or None), each (B, H, W[, 3])."""
-    if rule.kind not in ("input_ensemble", "ensemble", "teacher", "im"):  # never fall through to IM
-        raise ValueError(f"label_batch has no code for the labelling rule {rule.kind!r}")
     if rule.kind == "input_ensemble":
         labels = np.empty(images.shape[:3], dtype=np.uint8)
         for i, (image, image_id) in enumerate(zip(images, ids)):
@@ -102,6 +100,8 @@ def label_batch(models: list[nn.Module], images: np.ndarray, ids: list[str], rul
     if rule.kind == "ensemble":
         mean = mean_probabilities(models, images, device, precision)
         return images, mean.argmax(dim=1).to(torch.uint8).cpu().numpy(), None
+    if rule.kind not in ("teacher", "im"):  # never fall through to IM
+        raise ValueError(f"label_batch has no code for the labelling rule {rule.kind!r}")
     predicted = predicted_classes(models, images, device, precision)  # (n, B, H, W)
     if rule.kind == "teacher":
         return images, predicted[0], None
