@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from results import markdown_table, record  # noqa: E402
 
-from cityscapes_lab.engine.loop import autocast  # noqa: E402
+from cityscapes_lab.engine.runtime import Runtime  # noqa: E402
 from cityscapes_lab.models import build_model  # noqa: E402
 
 ZOO = ("hrnet_w48_ocr", "upernet_internimage_l", "upernet_internimage_xl")
@@ -36,7 +36,7 @@ def time_model(name: str, device: torch.device, precision: str, channels_last: b
         model, images = model.to(memory_format=torch.channels_last), images.contiguous(memory_format=torch.channels_last)
     forward = torch.compile(model) if compiled else model
     with torch.no_grad():
-        with autocast(precision, device):
+        with Runtime(device, precision).autocast():
             forward(images)  # warm-up (and compilation)
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -44,7 +44,7 @@ def time_model(name: str, device: torch.device, precision: str, channels_last: b
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            with autocast(precision, device):
+            with Runtime(device, precision).autocast():
                 forward(images)
             if device.type == "cuda":
                 torch.cuda.synchronize()

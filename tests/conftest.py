@@ -88,7 +88,7 @@ def unet_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One of our checkpoints (as the study writes them): it names its model, classes and input size."""
     import torch
 
-    from cityscapes_lab.engine.checkpoint import save_checkpoint
+    from cityscapes_lab.models.checkpoints import save_checkpoint
     from cityscapes_lab.models import build_model
 
     torch.manual_seed(0)

@@ -155,7 +155,7 @@ def test_unwritable_outputs_are_one_line(raw_small, tiny_standard, array_set, tm
 
 def test_report_into_an_unwritable_folder_is_one_line(tmp_path, capsys, tiny_paper):
     from cityscapes_lab.config import load_config
-    from cityscapes_lab.study.runner import run_study
+    from cityscapes_lab.semisup.study import run_study
 
     runs = tmp_path / "runs"
     run_study(tiny_paper, runs, ["ldt"], load_config(overrides=[

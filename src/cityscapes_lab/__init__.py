@@ -33,7 +33,7 @@ _EXPORTS = {
     "list_models": "models",
     "Config": "config",
     "load_config": "config",
-    "run_study": "study.runner",
+    "run_study": "semisup.study",
     "write_report": "report",
     "evaluate_folders": "metrics.folders",
     # the study's rules, as pure functions on arrays
@@ -64,7 +64,7 @@ if TYPE_CHECKING:  # pragma: no cover  (names for type checkers; imported on fir
     from .metrics.folders import evaluate_folders
     from .models import build_model, list_models
     from .report import write_report
-    from .study.runner import run_study
+    from .semisup.study import run_study
 
 
 def __getattr__(name: str) -> Any:

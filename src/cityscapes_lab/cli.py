@@ -142,7 +142,7 @@ def study(data: Path, out: Path, approaches: str, runs: int | None, models: int 
           overrides: tuple[str, ...], save_predictions: bool) -> None:
     """Train and score every group of the chosen approaches; rerun the same command to continue after a stop."""
     from .config import load_config
-    from .study.runner import run_study
+    from .semisup.study import run_study
 
     extra = [f"study.runs={runs}"] * (runs is not None) + [f"study.models={models}"] * (models is not None)
     extra += ["study.save_predictions=true"] * save_predictions
@@ -263,14 +263,14 @@ def zoo_eval(name: str, weights: Path, raw: Path, split: str, protocol: str, lim
         check_output_file(json_file, option="--json")
     predictor = load_predictor(name, weights, protocol, device, precision)
     result = evaluate_on_raw(predictor, raw, split, limit)
-    scores = result.scores.as_dict()
+    scores, runtime = result.scores.as_dict(), predictor.runtime
     _say(f"{name} on {split} ({result.images} images, {protocol}): mIoU {scores['mIoU']:.4f}  iIoU {scores['iIoU']:.4f}"
          f"  category mIoU {scores['category_mIoU']:.4f}  ({result.seconds_per_image:.2f} s per image on "
-         f"{predictor.device.type}, {predictor.precision})")
+         f"{runtime.device.type}, {runtime.precision})")
     if json_file:
         _write_json(json_file, {"model": name, "weights": str(weights), "split": split, "protocol": protocol,
                                 "images": result.images, "seconds_per_image": result.seconds_per_image,
-                                "device": str(predictor.device), "precision": predictor.precision, **scores})
+                                "device": str(runtime.device), "precision": runtime.precision, **scores})
 
 
 @cli.command()
@@ -336,7 +336,8 @@ def train(data: Path, name: str, weights: Path | None, model_options: tuple[str,
 
     from .config import load_config
     from .data.prepared import load_prepared
-    from .engine.standard import start_processes, train_standard
+    from .engine.runtime import join_processes
+    from .engine.standard import train_standard
     from .models.registry import build_model
     from .outputs import check_output_folder, holds_only
 
@@ -349,17 +350,17 @@ def train(data: Path, name: str, weights: Path | None, model_options: tuple[str,
         prepared.labeled_split(split, option)
     check_output_folder(out, what="a training (best.pt, last.pt, result.json)", inputs=[data],
                         ours=holds_only("best.pt", "last.pt", "result.json"))
-    processes = start_processes(config.train.device)
+    runtime = join_processes(config.train)
     options = _options(model_options)
     torch.manual_seed(seed)
     model = build_model(name, prepared.num_classes, weights=weights, **options)
-    if processes.main:
+    if runtime.main:
         Path(out).mkdir(parents=True, exist_ok=True)
-    summary = train_standard(name, model, options, prepared, config, out, processes, train_split, val_split, seed)
-    if processes.main:
+    summary = train_standard(name, model, options, prepared, config, out, runtime, train_split, val_split, seed)
+    if runtime.main:
         _say(f"trained {name} on {train_split} with {summary['world_size']} process(es): best val mIoU "
              f"{summary['best_val_miou']:.4f}; checkpoint {out}/best.pt")
-    if processes.world_size > 1:
+    if runtime.world_size > 1:
         torch.distributed.destroy_process_group()
 
 

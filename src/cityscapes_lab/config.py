@@ -38,21 +38,38 @@ class TrainConfig:
 
     model: str = setting("unet_paper", "registry name of the network")
     alpha: float = setting(1.0, "width multiplier of the U-Net (config.ini ALPHA)")
-    epochs: int = setting(50, "epochs (config.ini NUM_EPOCHS)")
-    batch_size: int = setting(32, "images per step (config.ini BATCH_SIZE)")
-    steps_per_epoch: int = setting(0, "steps per epoch; 0 = N // batch_size, the study's rule")
-    lr: float = setting(0.003, "learning rate, constant (config.ini LR)")
-    weight_decay: float = setting(1e-4, "decoupled decay per step, p <- p - wd*p, not scaled by lr (config.ini WD)")
+    epochs: int = setting(50, "epochs (config.ini NUM_EPOCHS) of a segmentation training (EvalNets: "
+                              "semisup.evalnet_epochs, consistency loss: semisup.cl_epochs)")
+    batch_size: int = setting(32, "images per step, over all processes under DDP (config.ini BATCH_SIZE)")
+    steps_per_epoch: int = setting(0, "steps per epoch (of each pass of an epoch); 0 = each training's own rule "
+                                      "(the study: N // batch_size)")
+    lr: float = setting(0.003, "peak learning rate (config.ini LR)")
+    schedule: str = setting("constant", "learning rate after the warm-up: constant (the study) or poly (power 0.9 "
+                                        "to 0 at the last step)")
+    warmup_steps: int = setting(0, "linear learning-rate warm-up over this many optimiser steps (0 = none)")
+    weight_decay: float = setting(1e-4, "weight decay per step (config.ini WD)")
+    weight_decay_rule: str = setting("decoupled", "decoupled: p <- p - wd*p whatever the learning rate (TFA, the "
+                                                  "study); lr_scaled: p <- p - lr*wd*p (PyTorch's AdamW)")
     adam_eps: float = setting(1e-7, "Adam epsilon (the Keras default)")
-    precision: str = setting("auto", "auto (bf16 autocast on a GPU, fp32 on the CPU), fp32, bf16 or fp16")
+    adam_epsilon_rule: str = setting("auto", "keras: epsilon added as Keras does (eps / sqrt(1 - b2^t) in "
+                                             "PyTorch's form); torch: PyTorch's; auto = keras on the paper "
+                                             "protocol, torch on the standard")
+    grad_clip: float = setting(0.0, "clip the gradients' global L2 norm to this (0 = no clipping)")
+    keep: str = setting("best", "weights kept: best (the epoch with the best validation, strictly better wins, "
+                                "as Keras' save_best_only) or last")
+    nan_check: str = setting("epoch", "stop a training whose loss is NaN or infinite: epoch (one check per "
+                                      "epoch, no per-step sync), step (at the first bad step), off")
+    precision: str = setting("auto", "auto (bf16 autocast on a GPU, fp32 on the CPU), fp32, bf16 or fp16 (GPU only, "
+                                     "with loss scaling)")
     channels_last: bool = setting(True, "channels-last memory layout (faster convolutions)")
-    compile: bool = setting(False, "torch.compile the model (slow first step, faster after)")
+    compile: bool = setting(False, "torch.compile the training step's model (slow first step, faster after)")
     recompute: str = setting("auto", "recompute activations in the backward pass: half the memory, ~10% more time; "
                                      "auto = on for the CPU with large batches (1M pixels and more); on; off")
-    schedule: str = setting("constant", "learning rate: constant (the study) or poly (power 0.9, for fine-tuning)")
-    aux_weight: float = setting(0.4, "weight of an auxiliary head's loss (HRNet-OCR, UperNet; the originals: 0.4)")
+    aux_weight: float = setting(0.4, "weight of an auxiliary head's loss (HRNet-OCR, UperNet; the originals: 0.4); "
+                                     "another value for a network without one is refused")
     eval_batch_size: int = setting(16, "images per forward pass when predicting (does not change results)")
-    threads: int = setting(0, "CPU threads for torch; 0 = all cores of this process")
+    threads: int = setting(0, "CPU threads for torch; 0 = this process's share of the cores it may use (the count "
+                              "changes the rounding of CPU results, not their expected value)")
     device: str = setting("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N")
 
     def __post_init__(self) -> None:
@@ -66,6 +83,15 @@ class TrainConfig:
                "must be auto, fp32, bf16 or fp16")
         _check(self.recompute in ("auto", "on", "off"), "train.recompute", "must be auto, on or off")
         _check(self.schedule in ("constant", "poly"), "train.schedule", "must be constant or poly")
+        _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        _check(self.weight_decay_rule in ("decoupled", "lr_scaled"), "train.weight_decay_rule",
+               "must be decoupled or lr_scaled")
+        _check(self.adam_eps > 0, "train.adam_eps", "must be > 0")
+        _check(self.adam_epsilon_rule in ("auto", "keras", "torch"), "train.adam_epsilon_rule",
+               "must be auto, keras or torch")
+        _check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0: no clipping)")
+        _check(self.keep in ("best", "last"), "train.keep", "must be best or last")
+        _check(self.nan_check in ("epoch", "step", "off"), "train.nan_check", "must be epoch, step or off")
         _check(self.aux_weight >= 0, "train.aux_weight", "must be >= 0")
         _check(self.eval_batch_size >= 1, "train.eval_batch_size", "must be >= 1")
         _check(self.threads >= 0, "train.threads", "must be >= 0")
@@ -189,8 +215,8 @@ class Config:
                 for name, value in self.result_settings().items() if before.get(name) != value]
 
 
-#: Settings that cannot change a result (batch sizes of inference, thread counts, extra output files): a study
-#: continues with other values of these.
+#: Settings that do not change what a result measures (batch sizes of inference, extra output files, thread
+#: counts, which change only the rounding of CPU results): a study continues with other values of these.
 NOT_RESULTS = frozenset({"train.eval_batch_size", "train.threads", "study.save_predictions",
                          "semisup.label_batch_size"})
 

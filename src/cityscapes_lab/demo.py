@@ -15,7 +15,7 @@ from .config import Config, load_config
 from .data.prepare import PrepareOptions, prepare
 from .data.synth import SynthOptions, synthesize
 from .report import ReportFiles, write_report
-from .study.runner import run_study
+from .semisup.study import run_study
 
 DISCLAIMER = ("The data are generated stand-ins in the Cityscapes format, not Cityscapes: the numbers show that "
               "the pipeline works and say nothing about Cityscapes.")

@@ -158,8 +158,10 @@ def test_standard_protocol_downscaled_copy(raw_small, tmp_path):
 
 
 def test_load_prepared_api(paper):
-    assert len(paper.dataset("val")) == 5
-    image, label = paper.dataset("val")[0]
+    from cityscapes_lab.data.torch_dataset import SegmentationDataset
+
+    assert len(SegmentationDataset(paper.split("val"))) == 5
+    image, label = SegmentationDataset(paper.split("val"))[0]
     assert image.shape == (3, 64, 112) and str(image.dtype) == "torch.uint8" and str(label.dtype) == "torch.int64"
     in_memory = load_prepared(paper.root, in_memory=True)
     assert np.array_equal(in_memory.split("test").labels, paper.split("test").labels)

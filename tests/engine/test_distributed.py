@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from cityscapes_lab.engine.checkpoint import load_checkpoint
+from cityscapes_lab.models.checkpoints import load_checkpoint
 from cityscapes_lab.models import build_model
 
 

@@ -6,8 +6,10 @@ import torch
 
 from cityscapes_lab.config import TrainConfig
 from cityscapes_lab.data.prepared import SplitArrays
-from cityscapes_lab.engine.loop import BatchStream, TrainingDiverged
-from cityscapes_lab.engine.train import fit
+from cityscapes_lab.engine import kinds
+from cityscapes_lab.engine.runtime import Runtime
+from cityscapes_lab.engine.sources import BatchStream
+from cityscapes_lab.engine.train import TrainingDiverged, train
 from cityscapes_lab.models import build_model
 
 
@@ -36,6 +38,8 @@ def test_a_diverging_training_raises(tmp_path):
     torch.manual_seed(0)
     model = build_model("unet_paper", num_classes=5)
     config = TrainConfig(epochs=3, batch_size=2, lr=1e30)
+    runtime = Runtime.from_config(config, torch.device("cpu"))
+    training = kinds.study(model, data, data, config, runtime, seed=0, num_classes=5, ignore_index=None,
+                           protocol="paper")
     with pytest.raises(TrainingDiverged, match="loss became"):
-        fit(model, data, lambda m: 0.0, config, seed=0, ignore_index=None, checkpoint=tmp_path / "last.pt",
-            device=torch.device("cpu"), show_progress=False)
+        train(model, training, config, runtime, checkpoint=tmp_path / "last.pt", show_progress=False)

@@ -10,7 +10,7 @@ import torch
 
 from cityscapes_lab.cli import main
 from cityscapes_lab.data import png
-from cityscapes_lab.engine.checkpoint import save_checkpoint
+from cityscapes_lab.models.checkpoints import save_checkpoint
 from cityscapes_lab.metrics.folders import evaluate_folders
 from cityscapes_lab.models import build_model, model_spec
 

@@ -57,7 +57,7 @@ def test_mmseg_release_round_trip_with_fp16_and_150_class_heads(name, tmp_path):
 
 
 def test_our_own_checkpoints_load_into_zoo_models(tmp_path):
-    from cityscapes_lab.engine.checkpoint import save_checkpoint
+    from cityscapes_lab.models.checkpoints import save_checkpoint
 
     options = model_spec("hrnet_w48_ocr").test_options
     model = build_model("hrnet_w48_ocr", 19, **options).eval()

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cityscapes_lab.engine.standard import has_aux_head
+from cityscapes_lab.engine.steps import has_aux_head
 from cityscapes_lab.errors import ConfigError
 from cityscapes_lab.models import build_model, list_models, model_spec
 from cityscapes_lab.models.unet import UNetPaper
@@ -100,7 +100,7 @@ def test_predict_gives_the_classes_of_a_direct_forward(tmp_path):
     and a wrong input scale would go unnoticed."""
     import numpy as np
 
-    from cityscapes_lab.engine.checkpoint import save_checkpoint
+    from cityscapes_lab.models.checkpoints import save_checkpoint
     from cityscapes_lab.engine.prediction import label_ids_of, load_predictor
 
     torch.manual_seed(0)

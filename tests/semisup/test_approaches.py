@@ -9,14 +9,17 @@ import torch
 
 from cityscapes_lab.config import load_config
 from cityscapes_lab.data.arrays import load_arrays, load_extra
-from cityscapes_lab.engine.checkpoint import load_checkpoint
+from cityscapes_lab.engine import kinds, sources
+from cityscapes_lab.engine.runtime import Runtime
+from cityscapes_lab.engine.train import train
+from cityscapes_lab.models.checkpoints import load_checkpoint
 from cityscapes_lab.report import write_report
 from cityscapes_lab.semisup import consistency
 from cityscapes_lab.semisup.evalnet import load_evalnet, score_masks
 from cityscapes_lab.semisup.pseudo import load_model, probabilities
 from cityscapes_lab.semisup.rules import copies_for_score
 from cityscapes_lab.study.keys import GroupKey, StudyLayout
-from cityscapes_lab.study.runner import run_study
+from cityscapes_lab.semisup.study import run_study
 from cityscapes_lab.study.store import ResultStore
 
 TINY = ["study.runs=1", "study.models=3", "study.top_k=3", "train.epochs=1", "train.batch_size=2", "train.threads=1",
@@ -24,7 +27,7 @@ TINY = ["study.runs=1", "study.models=3", "study.top_k=3", "train.epochs=1", "tr
         "semisup.evalnet_epochs=1", "semisup.cl_epochs=1", "semisup.evalnet_train_loops=1",
         "semisup.evalnet_val_loops=1", "semisup.evalnet_val_models=1"]
 ALL = ["cl", "me", "ie", "ns", "im", "evalnet", "im+", "im++", "aim+", "aim++"]
-CPU = torch.device("cpu")
+CPU = Runtime.cpu()
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +47,18 @@ def unlabeled(tiny_paper):
 
 def teacher_outputs(layout, group, count, split):
     models = [load_model(layout.top(group, k), CPU) for k in range(1, count + 1)]
-    return probabilities(models, np.asarray(split.images), CPU, "fp32").numpy()
+    return probabilities(models, np.asarray(split.images), CPU).numpy()
 
 
 def test_every_approach_ran_every_generation(study):
     with ResultStore(study.database) as store:
-        groups = {(r.approach, r.n, r.generation) for r in store.trainings() if r.status == "done"}
+        groups = {(r.approach, r.n, r.generation) for r in store.trainings(role="models") if r.status == "done"}
+        evalnet_groups = {(r.approach, r.n, r.generation) for r in store.trainings(role="evalnets")
+                          if r.status == "done"}
     for approach, n in [("me", 2), ("ie", 3), ("ns", 1), ("im", 2), ("evalnet", 2), ("im+", 2), ("im++", 2),
                         ("aim+", 2), ("aim++", 2)]:
         assert {(approach, n, 0), (approach, n, 1)} <= groups, approach
-    assert ("cl", 2, 0) in groups and ("evalnet.nets", 0, 0) in groups
+    assert ("cl", 2, 0) in groups and ("evalnet", 0, 0) in evalnet_groups
 
 
 def test_im_sets_hold_the_im_class_where_teachers_disagree_and_black_out_the_input(study, tiny_paper):
@@ -99,9 +104,9 @@ def test_im_plus_plus_copy_counts_follow_the_evalnet_score(study):
     folder = study.dataset(str(GroupKey("im++", 1, 2, 0)))
     pairs = load_arrays(folder / "pairs")
     with ResultStore(study.database) as store:
-        ranked = [key for key, _ in store.ranking(GroupKey("im++.nets", 1))]
+        ranked = [key for key, _ in store.ranking(GroupKey("im++", 1, role="evalnets"))]
     nets = [load_evalnet(study.root / "models" / key / "best.pt", CPU) for key in ranked[:2]]
-    scores = score_masks(nets, pairs.images, pairs.labels, 4, CPU, "fp32", classes=slice(1, None))
+    scores = score_masks(nets, pairs.images, pairs.labels, CPU.but(eval_batch_size=4), classes=slice(1, None))
     expected = [copies_for_score(score) for score in scores]
     ids = load_arrays(folder / "set").ids[4:]
     counted = [sum(1 for i in ids if i.startswith(image_id + "_aug_")) for image_id in pairs.ids]
@@ -140,18 +145,18 @@ def test_consistency_loss_sees_rgb_on_both_branches(tiny_paper, monkeypatch):
     """A pure red image stays red in both views (the original fed the unlabeled branch BGR)."""
     red = np.zeros((2, 32, 64, 3), np.uint8)
     red[..., 0] = 200
-    views = consistency.two_views(red, ["a", "b"], consistency.STRENGTHS[3], seed=0, step=0)
+    views = sources.two_views(red, ["a", "b"], consistency.STRENGTHS[3], seed=0, step=0)
     for view in views:
         assert (view[..., 0].astype(int) - view[..., 2].astype(int)).mean() > 100
     seen = []
-    original = consistency.two_views
+    original = sources.two_views
 
     def spy(images, ids, params, seed, step):
         a, b = original(images, ids, params, seed, step)
         seen.append((images, a, b))
         return a, b
 
-    monkeypatch.setattr(consistency, "two_views", spy)
+    monkeypatch.setattr(sources, "two_views", spy)
     from cityscapes_lab import load_prepared
     from cityscapes_lab.config import TrainConfig
     from cityscapes_lab.models import build_model
@@ -160,9 +165,11 @@ def test_consistency_loss_sees_rgb_on_both_branches(tiny_paper, monkeypatch):
     model = build_model("unet_paper", 35)
     inputs = []
     model.register_forward_pre_hook(lambda module, args: inputs.append(args[0].clone()))
-    consistency.fine_tune(model, data.split("train_labeled"), data.split("train_unlabeled"), data.split("val"),
-                          consistency.STRENGTHS[1], TrainConfig(batch_size=4, eval_batch_size=8), 1, 0,
-                          tiny_paper.parent / "cl-test.pt", CPU)
+    config = TrainConfig(batch_size=4, eval_batch_size=8)
+    runtime = Runtime.from_config(config, torch.device("cpu"))
+    training = kinds.consistency(model, data.split("train_labeled"), data.split("train_unlabeled"),
+                                 data.split("val"), consistency.STRENGTHS[1], config, runtime, epochs=1, seed=0)
+    train(model, training, config, runtime, checkpoint=tiny_paper.parent / "cl-test.pt", show_progress=False)
     (tiny_paper.parent / "cl-test.pt").unlink()
     unlabeled_images = np.asarray(data.split("train_unlabeled").images)
     for images, a, b in seen:
@@ -215,7 +222,8 @@ def test_pseudo_labelled_sets_export_to_the_studys_png_layout(study, tmp_path, c
 
 def test_evalnet_validation_runs_one_forward_pass_per_batch():
     from cityscapes_lab.models.evalnet import EvalNet
-    from cityscapes_lab.semisup.evalnet import EvalNetRows, validate
+    from cityscapes_lab.engine.validation import evalnet_figures
+    from cityscapes_lab.semisup.evalnet import EvalNetRows
 
     rng = np.random.default_rng(0)
     rows = EvalNetRows(images=rng.integers(0, 256, (2, 16, 16, 3), np.uint8), image_index=np.array([0, 1, 0, 1, 0]),
@@ -225,7 +233,7 @@ def test_evalnet_validation_runs_one_forward_pass_per_batch():
     model = EvalNet(35, alpha=0.25)
     calls = []
     model.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
-    figures = validate(model, rows, batch_size=2, device=torch.device("cpu"), precision="fp32")
+    figures = evalnet_figures(model, rows, Runtime.cpu(eval_batch_size=2))
     assert calls == [2, 2, 1]  # three batches, one pass each
     assert figures["total_loss"] == pytest.approx(figures["iou_loss"] + figures["detection_loss"])
     assert 0 <= figures["detection_accuracy"] <= 1 and figures["iou_mae"] > 0

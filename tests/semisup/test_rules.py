@@ -104,6 +104,7 @@ def test_evalnet_score():
 def test_an_unknown_labelling_rule_is_refused_not_run_as_im():
     import torch
 
+    from cityscapes_lab.engine.runtime import Runtime
     from cityscapes_lab.semisup.pseudo import LabelingRule, label_batch
 
     with pytest.raises(ValueError, match="unknown labelling rule 'majority'"):
@@ -111,5 +112,4 @@ def test_an_unknown_labelling_rule_is_refused_not_run_as_im():
     rule = LabelingRule("im")
     object.__setattr__(rule, "kind", "majority")  # past the check: label_batch must refuse it as well
     with pytest.raises(ValueError, match="no code for the labelling rule 'majority'"):
-        label_batch([torch.nn.Conv2d(3, 4, 1)], np.zeros((1, 4, 4, 3), np.uint8), ["a"], rule, torch.device("cpu"),
-                    "fp32", 0)
+        label_batch([torch.nn.Conv2d(3, 4, 1)], np.zeros((1, 4, 4, 3), np.uint8), ["a"], rule, Runtime.cpu(), 0)

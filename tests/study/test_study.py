@@ -13,7 +13,7 @@ from cityscapes_lab.report import write_report
 from cityscapes_lab.study import tasks as tasks_module
 from cityscapes_lab.study.approaches import augmented_set
 from cityscapes_lab.study.keys import GroupKey, StudyLayout
-from cityscapes_lab.study.runner import run_study
+from cityscapes_lab.semisup.study import run_study
 from cityscapes_lab.study.store import ResultStore
 
 TINY = ["study.runs=1", "study.models=3", "study.top_k=2", "train.epochs=2", "train.batch_size=2",
@@ -62,7 +62,7 @@ def test_top_k_follows_the_val_ranking(finished_study):
 def test_training_curves_and_no_leftover_resume_points(finished_study):
     for history in StudyLayout(finished_study).root.glob("models/*/run1/gen0/m*/history.csv"):
         lines = history.read_text().splitlines()
-        assert lines[0] == "epoch,loss,val_score,seconds" and len(lines) == 3
+        assert lines[0] == "epoch,loss,val_score,lr,seconds" and len(lines) == 3  # lr: the schedule
     assert not list(finished_study.glob("models/**/last.pt"))
 
 
@@ -101,15 +101,15 @@ def test_aldt_set_has_originals_then_copies(finished_study, tiny_paper):
 
 
 def test_a_diverging_training_is_marked_failed_and_the_study_goes_on(tiny_paper, tmp_path, monkeypatch):
-    original = tasks_module.fit
+    original = tasks_module.train
 
-    def diverge_for_member_1(model, train, validate, config, **kw):
+    def diverge_for_member_1(model, training, config, runtime, **kw):
         if kw["desc"].endswith("m01"):
-            from cityscapes_lab.engine.loop import TrainingDiverged
+            from cityscapes_lab.engine.train import TrainingDiverged
             raise TrainingDiverged("the training loss became nan in steps 0..1")
-        return original(model, train, validate, config, **kw)
+        return original(model, training, config, runtime, **kw)
 
-    monkeypatch.setattr(tasks_module, "fit", diverge_for_member_1)
+    monkeypatch.setattr(tasks_module, "train", diverge_for_member_1)
     summary = run_study(tiny_paper, tmp_path / "runs", ["ldt"], load_config(overrides=TINY), show_progress=False)
     assert (summary.trained, summary.failed) == (3, 1)
     with ResultStore(tmp_path / "runs" / "results.sqlite") as store:

@@ -1,20 +1,16 @@
-"""Loading a prepared folder: its splits as arrays, and as a PyTorch ``Dataset``."""
+"""Loading a prepared folder: its splits as arrays (``data.torch_dataset`` wraps one as a PyTorch ``Dataset``)."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import DataError
 from .prepare import FORMAT
 from .rows import RowArray
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .torch_dataset import SegmentationDataset
 
 
 @dataclass(frozen=True)
@@ -149,12 +145,6 @@ class PreparedData:
                         raise DataError(f"{self.root / 'arrays' / f'{source}.{kind}.npy'}: holds {len(array)} rows "
                                         f"but meta.json lists {len(info['ids'])} images; prepare the folder again "
                                         "with --force")
-
-    def dataset(self, name: str) -> SegmentationDataset:
-        """A PyTorch ``Dataset`` of a split: items are (image (3, H, W) uint8, label (H, W) int64)."""
-        from .torch_dataset import SegmentationDataset
-
-        return SegmentationDataset(self.split(name))
 
 
 def load_prepared(root: str | Path, in_memory: bool = False) -> PreparedData:

@@ -1,4 +1,5 @@
-"""Evaluation-time inference: whole image, sliding window, and multi-scale with flip.
+"""Inference: predictions of in-memory image arrays (``predict``), and the evaluation protocols of the model zoo:
+whole image, sliding window, and multi-scale with flip.
 
 Each protocol is data (``InferenceProtocol``); ``infer`` applies it to one batch and returns a score map at the
 input's resolution whose argmax is the prediction. Two ways of combining scales and flips are provided because the
@@ -15,13 +16,37 @@ the border, overlapping scores averaged.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .loop import autocast
+from .runtime import Runtime
+from .sources import to_batch
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: np.ndarray, runtime: Runtime) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Logits (B, C, H, W) float32 of consecutive batches of ``runtime.eval_batch_size`` (N, H, W, 3) uint8
+    images, in eval mode, with the slice of images they cover."""
+    model.eval()
+    for start in range(0, len(images), runtime.eval_batch_size):
+        rows = slice(start, min(start + runtime.eval_batch_size, len(images)))
+        x, _ = to_batch(images, None, np.arange(rows.start, rows.stop), runtime)
+        with runtime.autocast():
+            logits = model(x)
+        yield rows, logits.float()
+
+
+def predict(model: nn.Module, images: np.ndarray, runtime: Runtime) -> np.ndarray:
+    """Predicted class indices (N, H, W) uint8 of (N, H, W, 3) uint8 images."""
+    out = np.empty(images.shape[:3], dtype=np.uint8)
+    for rows, logits in predict_logits(model, images, runtime):
+        out[rows] = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
+    return out
+
 
 MS_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
@@ -68,13 +93,14 @@ def slide(score_fn, x: torch.Tensor, crop: tuple[int, int], stride: tuple[int, i
 
 @torch.no_grad()
 def infer(model: nn.Module, images: torch.Tensor, protocol: InferenceProtocol, num_classes: int,
-          precision: str = "fp32") -> torch.Tensor:
-    """Score map (N, C, H, W) float32 for images (N, 3, H, W) float in [0, 1]; its argmax is the prediction."""
+          runtime: Runtime | None = None) -> torch.Tensor:
+    """Score map (N, C, H, W) float32 for images (N, 3, H, W) float in [0, 1]; its argmax is the prediction.
+    Forward passes run in the runtime's precision (fp32 without one)."""
     height, width = images.shape[-2:]
-    device = images.device
+    runtime = runtime or Runtime(images.device)
 
     def logits(x: torch.Tensor) -> torch.Tensor:
-        with autocast(precision, device):
+        with runtime.autocast():
             return model(x).float()
 
     def flipped_sum(x: torch.Tensor) -> torch.Tensor:  # HRNet: logits + un-flipped logits of the flipped input

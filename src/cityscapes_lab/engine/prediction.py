@@ -23,6 +23,7 @@ from ..labels import LABELID_PALETTE, PAPER_NUM_CLASSES, PAPER_TO_LABELID, TRAIN
 from ..models.registry import ModelSpec
 from ..outputs import check_output_folder, holds_only
 from .inference import MS_SCALES, InferenceProtocol, infer
+from .runtime import Runtime, resolve_device, resolve_precision
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
@@ -53,18 +54,17 @@ class Predictor:
     model: nn.Module
     num_classes: int
     protocol: InferenceProtocol
-    device: torch.device
-    precision: str = "fp32"
+    runtime: Runtime
     input_size: tuple[int, int] | None = None  # (W, H) the model must see (e.g. the study's U-Net: 416x208)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB -> (H, W) uint8 Cityscapes labelIds."""
         height, width = image.shape[:2]
         view = image if self.input_size is None else cv2.resize(image, self.input_size, interpolation=cv2.INTER_LINEAR)
-        x = torch.from_numpy(np.ascontiguousarray(view)).permute(2, 0, 1)[None].to(self.device).float() / 255.0
-        if self.device.type == "cuda":
+        x = torch.from_numpy(np.ascontiguousarray(view)).permute(2, 0, 1)[None].to(self.runtime.device).float() / 255.0
+        if self.runtime.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        classes = infer(self.model, x, self.protocol, self.num_classes, self.precision).argmax(dim=1)[0]
+        classes = infer(self.model, x, self.protocol, self.num_classes, self.runtime).argmax(dim=1)[0]
         classes = classes.to(torch.uint8).cpu().numpy()
         if classes.shape != (height, width):
             classes = cv2.resize(classes, (width, height), interpolation=cv2.INTER_NEAREST)
@@ -79,8 +79,7 @@ def load_predictor(name: str | None, weights: str | Path | None, protocol: str =
     ``random_weights`` says so."""
     from ..models.checkpoints import load_weights
     from ..models.registry import build_model, list_models, model_spec
-    from .checkpoint import FORMAT, load_checkpoint
-    from .loop import resolve_device, resolve_precision
+    from ..models.checkpoints import FORMAT, load_checkpoint
 
     torch_device = resolve_device(device, "--device")
     if weights is None and not random_weights:
@@ -106,11 +105,12 @@ def load_predictor(name: str | None, weights: str | Path | None, protocol: str =
     model = build_model(name, num_classes, **options)
     if weights is not None:
         load_weights(model, weights, spec.layout, content)
+    # channels-last where convolutions gain from it (GPUs); on the CPU the zoo's networks run NCHW as published
+    runtime = Runtime(torch_device, resolve_precision(precision, torch_device), torch_device.type == "cuda")
     model = model.to(torch_device).eval()
-    if torch_device.type == "cuda":
+    if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return Predictor(model, num_classes, protocol_for(spec, protocol), torch_device,
-                     resolve_precision(precision, torch_device), input_size)
+    return Predictor(model, num_classes, protocol_for(spec, protocol), runtime, input_size)
 
 
 def colourise(label_ids: np.ndarray) -> np.ndarray:

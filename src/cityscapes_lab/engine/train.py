@@ -1,5 +1,11 @@
-"""``fit``: the study's training recipe with a checkpoint after every epoch, so that a killed training resumes at
-the start of the epoch it was in and ends with exactly the result of an uninterrupted one."""
+"""The training loop: one for every kind of training (``engine.kinds``), read top to bottom.
+
+An epoch is one or more phases; a phase runs its steps (a ``steps`` function on batches of a data source, in
+the study's reshuffled order), then, where asked, the model is validated. The weights of the best epoch by the
+validation rule are kept, and a checkpoint is written after every epoch: a training killed at any moment and
+started again resumes at the start of the epoch it was in and ends with exactly the result of an uninterrupted
+one. Every setting of ``[train]`` applies here, to every kind of training, or is refused with a ConfigError.
+"""
 
 from __future__ import annotations
 
@@ -10,81 +16,218 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
 from ..config import TrainConfig
-from ..data.prepared import SplitArrays
-from .checkpoint import load_checkpoint, save_checkpoint
-from .loop import BatchStream, resolve_precision, train_steps
-from .losses import pixel_cross_entropy
+from ..errors import ConfigError
+from ..models.checkpoints import load_checkpoint, save_checkpoint
 from .optim import DecoupledAdamW
+from .runtime import Runtime
+from .sources import Batch, BatchStream, Source
 
 RECOMPUTE_PIXELS = 1_000_000  # pixels per batch from which train.recompute=auto recomputes on the CPU
+
+Step = Callable[[nn.Module, Batch, Runtime], torch.Tensor]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message says when."""
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A pass of an epoch: ``steps`` batches of ``source`` (train.steps_per_epoch instead, when set) in the
+    order of a BatchStream seeded with ``seed``, each turned into a loss by ``step``."""
+
+    source: Source
+    step: Step
+    seed: int
+    steps: int
+    name: str = "loss"  # the phase's column in the history
+
+
+@dataclass(frozen=True)
+class Validation:
+    """How a model is judged after a phase: ``measure(model)`` returns figures (in eval mode, no gradients);
+    the best epoch is the one whose ``criterion`` is strictly better than every earlier one."""
+
+    measure: Callable[[nn.Module], dict[str, float]]
+    criterion: str
+    higher_is_better: bool = True
+    after_each_phase: bool = False  # consistency loss: validated after each of its two passes
+
+    def better(self, figures: dict[str, float], best: dict[str, float]) -> bool:
+        value, previous = figures[self.criterion], best.get(self.criterion)
+        if previous is None:
+            return not math.isnan(value)
+        return value > previous if self.higher_is_better else value < previous
+
+
+@dataclass(frozen=True)
+class Training:
+    """A kind of training, made by ``engine.kinds``: its phases, validation and epoch count."""
+
+    phases: tuple[Phase, ...]
+    validation: Validation
+    epochs: int
+    keras_epsilon: bool  # the epsilon rule of train.adam_epsilon_rule = auto (the study's Keras: on)
 
 
 @dataclass(frozen=True)
 class FitResult:
-    best_state: dict[str, torch.Tensor]  # weights of the best epoch (by the validation score), on the CPU
-    best_epoch: int  # 0-based
-    best_score: float
-    history: list[dict] = field(default_factory=list)  # one row per epoch: epoch, loss, val_score, seconds
+    best_state: dict[str, torch.Tensor] | None  # weights of the best epoch, on the CPU
+    best_epoch: int  # 0-based; -1 when no epoch was ever better (e.g. validation was NaN throughout)
+    best: dict[str, float]  # the validation figures of that epoch
+    history: list[dict] = field(default_factory=list)  # one row per epoch
     resumed_at: int = 0  # the epoch a resumed training restarted at (0: started fresh)
+
+    @property
+    def epochs(self) -> int:
+        return len(self.history)
+
+
+def learning_rate(config: TrainConfig, step: int, total: int) -> float:
+    """The learning rate of optimiser step ``step`` (0-based) of ``total``: a linear warm-up over
+    ``train.warmup_steps``, then constant (the study) or poly (power 0.9 to 0 at ``total``)."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.schedule == "poly":
+        done = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
+        return config.lr * (1 - done) ** 0.9
+    return config.lr
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig, keras_epsilon_auto: bool) -> DecoupledAdamW:
+    """The study's AdamW, with the weight decay and epsilon rules of the settings."""
+    rule = config.adam_epsilon_rule
+    return DecoupledAdamW(model.parameters(), lr=config.lr, decay=config.weight_decay, eps=config.adam_eps,
+                          keras_epsilon=rule == "keras" or (rule == "auto" and keras_epsilon_auto),
+                          decay_scaled_by_lr=config.weight_decay_rule == "lr_scaled")
+
+
+def set_recompute(model: nn.Module, config: TrainConfig, runtime: Runtime, pixels: int) -> None:
+    """train.recompute: on, off, or auto (on for the CPU once a batch has RECOMPUTE_PIXELS pixels)."""
+    if not hasattr(model, "recompute"):
+        if config.recompute == "on":
+            raise ConfigError(f"train.recompute on: {type(model).__name__} cannot recompute its activations; use "
+                              "auto or off")
+        return
+    large = runtime.batch_size * pixels >= RECOMPUTE_PIXELS
+    model.recompute = config.recompute == "on" or (config.recompute == "auto" and runtime.device.type == "cpu"
+                                                   and large)
+
+
+def _finite_everywhere(value: torch.Tensor, runtime: Runtime) -> bool:
+    """Whether ``value`` is finite in every training process (so that all of them stop together)."""
+    bad = (~torch.isfinite(value)).float()
+    if runtime.world_size > 1:
+        dist.all_reduce(bad)
+    return not bool(bad)
 
 
 def _cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
-def fit(model: nn.Module, train: SplitArrays, validate: Callable[[nn.Module], float], config: TrainConfig, *,
-        seed: int, ignore_index: int | None, checkpoint: Path, device: torch.device, desc: str = "train",
-        show_progress: bool = True) -> FitResult:
-    """Train ``model`` on ``train`` for ``config.epochs`` epochs of ``steps_per_epoch`` steps (the study: N // batch)
-    and keep the weights of the epoch with the highest ``validate(model)`` (strictly higher wins, as Keras'
-    save_best_only). ``checkpoint`` is written after every epoch and resumed from when present.
-    Raises loop.TrainingDiverged when the loss becomes NaN or infinite."""
-    precision = resolve_precision(config.precision, device)
-    if hasattr(model, "recompute"):  # auto: where activations are large (the study's batch: 32 x 416 x 208)
-        large = config.batch_size * train.images.shape[1] * train.images.shape[2] >= RECOMPUTE_PIXELS
-        model.recompute = config.recompute == "on" or (config.recompute == "auto" and device.type == "cpu" and large)
-    model.to(device)
-    if config.channels_last:
+def _resume(path: Path, model: nn.Module, optimizer, scaler, criterion: str, runtime: Runtime) -> dict:
+    saved = load_checkpoint(path, map_location=runtime.device)
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    if scaler is not None and saved.get("scaler"):
+        scaler.load_state_dict(saved["scaler"])
+    best = saved.get("best")
+    if not isinstance(best, dict):  # resume points of earlier versions kept only the criterion's value
+        value = next((saved[k] for k in ("best_score", "best_loss", "best") if k in saved), None)
+        best = {criterion: value} if isinstance(value, float) and math.isfinite(value) else {}
+    return {"epoch": saved["epoch"], "best": best, "best_epoch": saved.get("best_epoch", -1),
+            "best_state": saved.get("best_state"), "history": saved.get("history", [])}
+
+
+def train(model: nn.Module, training: Training, config: TrainConfig, runtime: Runtime, *, checkpoint: Path,
+          desc: str = "train", show_progress: bool = True) -> FitResult:
+    """Train ``model`` as ``training`` describes; returns the best epoch's weights and figures.
+    Raises TrainingDiverged when the loss becomes NaN or infinite (checked as train.nan_check says)."""
+    phases, validation = training.phases, training.validation
+    set_recompute(model, config, runtime, max(phase.source.pixels for phase in phases))
+    model.to(runtime.device)
+    if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = DecoupledAdamW(model.parameters(), lr=config.lr, decay=config.weight_decay, eps=config.adam_eps,
-                               keras_epsilon=True)  # the study's Keras optimizer
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-    steps = config.steps_per_epoch or max(1, len(train) // config.batch_size)
-    stream = BatchStream(len(train), config.batch_size, seed)
-    epoch, best_score, best_epoch, best_state, history = 0, -math.inf, -1, None, []
+    optimizer = make_optimizer(model, config, training.keras_epsilon)
+    scaler = runtime.loss_scaler()
+    steps = [config.steps_per_epoch or phase.steps for phase in phases]
+    streams = [BatchStream(len(phase.source), runtime.batch_size, phase.seed) for phase in phases]
+    total_steps = training.epochs * sum(steps)
+    state = {"epoch": 0, "best": {}, "best_epoch": -1, "best_state": None, "history": []}
     if Path(checkpoint).exists():
-        saved = load_checkpoint(checkpoint, map_location=device)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        if scaler is not None and saved.get("scaler"):
-            scaler.load_state_dict(saved["scaler"])
-        epoch, best_score, best_epoch = saved["epoch"], saved["best_score"], saved["best_epoch"]
-        best_state, history = saved["best_state"], saved["history"]
-    resumed_at = epoch
-    forward = torch.compile(model) if config.compile else model
-    loss_fn = lambda logits, target: pixel_cross_entropy(logits, target, ignore_index)  # noqa: E731
-    bar = tqdm(total=config.epochs * steps, initial=epoch * steps, desc=desc, unit="step", leave=False,
-               disable=None if show_progress else True, dynamic_ncols=True)
+        state = _resume(Path(checkpoint), model, optimizer, scaler, validation.criterion, runtime)
+    resumed_at = state["epoch"]
+    wrapped = nn.parallel.DistributedDataParallel(model) if runtime.world_size > 1 else model
+    forward = torch.compile(wrapped) if config.compile else wrapped
+
+    def what(phase: Phase) -> str:
+        return "training loss" if len(phases) == 1 else f"training loss of the {phase.name} pass"
+
+    def judge(row: dict, suffix: str = "") -> None:
+        """Validate; keep the weights if they are the best so far (every epoch with train.keep = last)."""
+        figures = validation.measure(model)
+        row.update({f"{name}{suffix}": value for name, value in figures.items()})
+        if config.keep == "last" or validation.better(figures, state["best"]):
+            state.update(best=figures, best_epoch=state["epoch"], best_state=_cpu_copy(model.state_dict()))
+
+    bar = tqdm(total=total_steps, initial=state["epoch"] * sum(steps), desc=desc, unit="step", leave=False,
+               disable=None if show_progress and runtime.main else True, dynamic_ncols=True)
     with bar:
-        while epoch < config.epochs:
-            start = time.perf_counter()
-            loss = train_steps(forward, optimizer, scaler, train.images, train.labels, stream,
-                               range(epoch * steps, (epoch + 1) * steps), loss_fn, precision, device,
-                               config.channels_last, bar.update)
-            score = validate(model)
-            if score > best_score:
-                best_score, best_epoch, best_state = score, epoch, _cpu_copy(model.state_dict())
-            history.append({"epoch": epoch + 1, "loss": loss, "val_score": score,
-                            "seconds": time.perf_counter() - start})
-            bar.set_postfix(loss=f"{loss:.3f}", val=f"{score:.3f}")
-            epoch += 1
-            save_checkpoint(checkpoint, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else {}, "epoch": epoch,
-                "best_score": best_score, "best_epoch": best_epoch, "best_state": best_state, "history": history,
-                "seed": seed})
-    return FitResult(best_state, best_epoch, best_score, history, resumed_at)
+        while state["epoch"] < training.epochs:
+            start, row = time.perf_counter(), {"epoch": state["epoch"] + 1}
+            step_number = state["epoch"] * sum(steps)  # the schedule's count of optimiser steps
+            for index, (phase, count, stream) in enumerate(zip(phases, steps, streams)):
+                forward.train()
+                total = torch.zeros((), device=runtime.device)
+                first = state["epoch"] * count
+                for step in range(first, first + count):
+                    lr = learning_rate(config, step_number, total_steps)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    batch = phase.source.batch(stream.batch(step)[runtime.rank::runtime.world_size], step, runtime)
+                    loss = phase.step(forward, batch, runtime)
+                    if config.nan_check == "step" and not _finite_everywhere(loss.detach(), runtime):
+                        raise TrainingDiverged(f"the {what(phase)} became {float(loss)} at step {step}")
+                    optimizer.zero_grad(set_to_none=True)
+                    if scaler is not None:
+                        scaler.scale(loss).backward()
+                        scaler.unscale_(optimizer)
+                    else:
+                        loss.backward()
+                    if config.grad_clip > 0:
+                        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                    if scaler is not None:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
+                    total += loss.detach()
+                    step_number += 1
+                    bar.update(1)
+                mean = total / max(1, count)
+                if config.nan_check == "epoch" and not _finite_everywhere(mean, runtime):
+                    raise TrainingDiverged(f"the {what(phase)} became {float(mean)} in steps {first}.."
+                                           f"{first + count - 1}")
+                row[phase.name] = float(mean)
+                if validation.after_each_phase and index < len(phases) - 1:
+                    judge(row, f"_after_{phase.name}")
+            judge(row)
+            row.update(lr=lr, seconds=time.perf_counter() - start)
+            state["history"].append(row)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k in (phases[-1].name, validation.criterion)})
+            state["epoch"] += 1
+            if runtime.main:
+                save_checkpoint(checkpoint, {
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else {}, **state})
+            if runtime.world_size > 1:
+                dist.barrier()  # every process resumes from the same checkpoint after a stop
+    if state["best_state"] is None:
+        raise TrainingDiverged(f"no epoch had a finite validation {validation.criterion}")
+    return FitResult(state["best_state"], state["best_epoch"], state["best"], state["history"], resumed_at)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .recompute import BatchNorm2d
+from .recompute import BatchNorm2d, checkpointed
 from .unet import KERAS_BN, ConvReLU, keras_he_normal_
 
 
@@ -30,7 +30,10 @@ def _branch(c_in: int, width: int) -> nn.Sequential:
 
 class EvalNet(nn.Module):
     """Input: images (N, 3, H, W) uint8 or float 0..255 and masks (N, H, W) class indices. Output: (iou, detection),
-    each (N, num_classes) in [0, 1]."""
+    each (N, num_classes) in [0, 1]. ``recompute = True`` (set by the trainer) reruns the branches and blocks in
+    the backward pass instead of keeping their activations (the same result with less memory)."""
+
+    recompute: bool = False
 
     def __init__(self, num_classes: int = 35, alpha: float = 2.0):
         super().__init__()
@@ -51,7 +54,12 @@ class EvalNet(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        stage = checkpointed if self.recompute and self.training and torch.is_grad_enabled() else (
+            lambda fn, *inputs: fn(*inputs))
         one_hot = F.one_hot(masks.long(), self.num_classes).permute(0, 3, 1, 2).to(torch.float32)
-        x = torch.cat([self.image_branch(images.float() * (1.0 / 255.0)), self.mask_branch(one_hot)], dim=1)
-        features = self.body(x).mean(dim=(2, 3))
+        x = torch.cat([stage(self.image_branch, images.float() * (1.0 / 255.0)), stage(self.mask_branch, one_hot)],
+                      dim=1)
+        for block in self.body:
+            x = stage(block, x)
+        features = x.mean(dim=(2, 3))
         return torch.sigmoid(self.iou_head(features).float()), torch.sigmoid(self.detection_head(features).float())

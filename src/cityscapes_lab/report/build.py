@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .. import atomic
 from ..data.prepared import load_prepared
-from ..engine.checkpoint import load_checkpoint
-from ..engine.loop import predict
+from ..models.checkpoints import load_checkpoint
+from ..engine.inference import predict
+from ..engine.runtime import Runtime
 from ..errors import DataError
 from ..labels import PAPER_PALETTE, TRAINID_PALETTE
 from ..models import build_model
@@ -38,7 +38,7 @@ def _panel_models(store: ResultStore, layout: StudyLayout, limit: int = 4) -> di
     """The top-1 checkpoint of run 1's last generation of each approach (baselines first), at most ``limit``."""
     chosen: dict[str, tuple[GroupKey, Path]] = {}
     for row in store.trainings():
-        if is_helper(row.approach):
+        if is_helper(row):
             continue
         group = GroupKey(row.approach, row.run, row.n, row.generation)
         label = row.approach.upper() + (f" n={row.n}" if row.n else "")
@@ -96,7 +96,7 @@ def write_report(runs: Path, *, panel_images: int = 3) -> ReportFiles:
             saved = load_checkpoint(path)
             model = build_model(saved["model_name"], saved["num_classes"], **saved["model_options"])
             model.load_state_dict(saved["state_dict"])
-            predictions[label] = predict(model, images, 8, torch.device("cpu"))
+            predictions[label] = predict(model, images, Runtime.cpu(eval_batch_size=8))
         palette = PAPER_PALETTE if data.protocol == "paper" else TRAINID_PALETTE
         picture_panel(images, truth, predictions, palette, files.panel, title)
     return files

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..study.approaches import BASELINES
 from ..study.keys import GroupKey
-from ..study.store import ResultStore
+from ..study.store import ResultStore, TrainingRow
 
 #: (column title, split, metric) of the table, in order
 COLUMNS = [
@@ -44,9 +44,9 @@ class TableRow:
     extra: dict[str, float] = field(default_factory=dict)  # group statistics (e.g. mean IM size)
 
 
-def is_helper(approach: str) -> bool:
-    """Groups that are not segmentation models (the EvalNets of an approach: ``<approach>.nets``)."""
-    return approach.endswith(".nets")
+def is_helper(row: TrainingRow) -> bool:
+    """Trainings that are not segmentation models (the EvalNets of an approach)."""
+    return row.role != "models"
 
 
 def label_of(approach: str) -> str:
@@ -61,10 +61,10 @@ def evalnet_markdown(store: ResultStore) -> str:
     """The EvalNets of the study: validation figures per run and network (empty when there are none)."""
     lines = []
     for row in store.trainings():
-        if not is_helper(row.approach) or row.status != "done":
+        if not is_helper(row) or row.status != "done":
             continue
         val = store.scores(row.key).get("val", {})
-        lines.append(f"| {row.approach[:-len('.nets')]} | {row.run} | {row.member} | {val.get('total_loss', math.nan):.4f} "
+        lines.append(f"| {row.approach} | {row.run} | {row.member} | {val.get('total_loss', math.nan):.4f} "
                      f"| {val.get('iou_mae', math.nan):.4f} | {val.get('detection_accuracy', math.nan):.4f} |")
     if not lines:
         return ""
@@ -90,7 +90,7 @@ def collect(store: ResultStore) -> list[TableRow]:
     counts: dict[tuple, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     order: list[tuple] = []
     for row in store.trainings():
-        if is_helper(row.approach):
+        if is_helper(row):
             continue
         group = (row.approach, row.n, row.generation)
         if group not in order:

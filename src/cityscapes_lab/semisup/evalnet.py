@@ -1,26 +1,23 @@
-"""EvalNet (notes 5.8, 5.10): a network that predicts how good a candidate mask is, its training data, its
-training, and its scores. The EvalNet approach uses it to pick masks; IM++ and AIM++ to weight IM pairs."""
+"""EvalNet (notes 5.8, 5.10): a network that predicts how good a candidate mask is, its training data and its
+scores (it trains as the ``evalnet`` kind of the one training loop, ``engine.kinds``). The EvalNet approach uses it to pick masks; IM++ and AIM++ to weight IM pairs."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from ..config import TrainConfig
 from ..data.arrays import load_arrays, load_extra
 from ..data.augment import AugmentParams, augment
 from ..data.prepared import SplitArrays
-from ..engine.checkpoint import load_checkpoint, save_checkpoint
-from ..engine.loop import BatchStream, TrainingDiverged, autocast, predict, resolve_precision
-from ..engine.optim import DecoupledAdamW
+from ..engine.inference import predict
+from ..engine.runtime import Runtime
+from ..models.checkpoints import load_checkpoint
 from ..models.evalnet import EvalNet
-from ..study.keys import derive_seed
+from ..seeds import derive_seed
 from .pseudo import load_model
 from .rules import evalnet_im_targets, evalnet_score, evalnet_targets, inconsistency_mask
 
@@ -56,15 +53,15 @@ def load_rows(folder: Path) -> EvalNetRows:
                        np.asarray(extra["detection"]))
 
 
-def candidate_rows(model_paths: list[Path], split: SplitArrays, num_classes: int, device: torch.device,
-                   precision: str, batch_size: int) -> EvalNetRows:
+def candidate_rows(model_paths: list[Path], split: SplitArrays, num_classes: int, runtime: Runtime
+                   ) -> EvalNetRows:
     """EvalNet-approach rows: every model's prediction on every image of a labeled split, plus one ground-truth
     row per image (targets from that same image: the original used the last image's, notes 8.5)."""
     images = np.asarray(split.images)
     truth = np.asarray(split.labels)
     masks, index = [truth], [np.arange(len(split))]
     for path in model_paths:
-        masks.append(predict(load_model(path, device), images, batch_size, device, precision))
+        masks.append(predict(load_model(path, runtime), images, runtime))
         index.append(np.arange(len(split)))
     masks_all, index_all = np.concatenate(masks), np.concatenate(index)
     targets = [evalnet_targets(mask, truth[i], num_classes) for mask, i in zip(masks_all, index_all)]
@@ -73,14 +70,14 @@ def candidate_rows(model_paths: list[Path], split: SplitArrays, num_classes: int
 
 
 def im_rows(model_paths: list[Path], split: SplitArrays, loops: int, num_classes: int, seed: int,
-            device: torch.device, precision: str, batch_size: int) -> EvalNetRows:
+            runtime: Runtime) -> EvalNetRows:
     """EvalNet-IM rows (IM++ / AIM++): ``loops`` passes over a labeled split; each image gets the IM pair of k
     randomly chosen models (k in 2..4), a random erosion and dilation of the mask (0, 3 or 5), and, with p=0.5,
     an augmentation applied after the targets are computed (notes 5.10)."""
     images = np.asarray(split.images)
     truth = np.asarray(split.labels)
-    models = [load_model(path, device) for path in model_paths]
-    predicted = np.stack([predict(m, images, batch_size, device, precision) for m in models])  # (models, N, H, W)
+    models = [load_model(path, runtime) for path in model_paths]
+    predicted = np.stack([predict(m, images, runtime) for m in models])  # (models, N, H, W)
     out_images, masks, ious, detections = [], [], [], []
     for loop in range(loops):
         for i, image_id in enumerate(split.ids):
@@ -100,116 +97,37 @@ def im_rows(model_paths: list[Path], split: SplitArrays, loops: int, num_classes
                        np.stack(detections))
 
 
-def _batch(rows: EvalNetRows, indices: np.ndarray, device: torch.device):
-    images = torch.from_numpy(np.asarray(rows.images[rows.image_index[indices]])).permute(0, 3, 1, 2).to(device)
-    masks = torch.from_numpy(np.asarray(rows.masks[indices]).astype(np.int64)).to(device)
-    iou = torch.from_numpy(rows.iou[indices]).to(device)
-    detection = torch.from_numpy(rows.detection[indices]).to(device)
-    return images, masks, iou, detection
-
-
-def _predict(model: nn.Module, batch, precision: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward pass: predicted (IoU, detection), each (B, C) float32."""
-    with autocast(precision, device):
-        predicted_iou, predicted_detection = model(batch[0], batch[1])
-    return predicted_iou.float(), predicted_detection.float()
-
-
-def _loss_terms(predicted: tuple[torch.Tensor, torch.Tensor], batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """MSE on the IoU targets and BCE on the detection targets."""
-    predicted_iou, predicted_detection = predicted
-    return (F.mse_loss(predicted_iou, batch[2]),
-            F.binary_cross_entropy(predicted_detection.clamp(1e-7, 1 - 1e-7), batch[3]))
-
-
-@torch.no_grad()
-def validate(model: nn.Module, rows: EvalNetRows, batch_size: int, device: torch.device, precision: str
-             ) -> dict[str, float]:
-    """Validation figures: total, IoU and detection losses, IoU mean absolute error, detection accuracy."""
-    model.eval()
-    sums = dict(iou_loss=0.0, detection_loss=0.0, iou_mae=0.0, detection_accuracy=0.0)
-    for start in range(0, len(rows), batch_size):
-        indices = np.arange(start, min(start + batch_size, len(rows)))
-        batch = _batch(rows, indices, device)
-        predicted_iou, predicted_detection = predicted = _predict(model, batch, precision, device)
-        iou_loss, detection_loss = _loss_terms(predicted, batch)
-        sums["iou_loss"] += float(iou_loss) * len(indices)
-        sums["detection_loss"] += float(detection_loss) * len(indices)
-        sums["iou_mae"] += float((predicted_iou - batch[2]).abs().mean()) * len(indices)
-        sums["detection_accuracy"] += float(((predicted_detection >= 0.5) == (batch[3] >= 0.5)).float()
-                                            .mean()) * len(indices)
-    result = {name: value / max(1, len(rows)) for name, value in sums.items()}
-    result["total_loss"] = result["iou_loss"] + result["detection_loss"]
-    return result
-
-
-def train_evalnet(rows: EvalNetRows, val_rows: EvalNetRows, config: TrainConfig, epochs: int, seed: int,
-                  checkpoint: Path, device: torch.device) -> tuple[dict, dict[str, float], int]:
-    """Train one EvalNet (MSE on IoU + BCE on detection, the study's AdamW, batch 32, rows // 32 steps per epoch)
-    and keep the epoch with the lowest validation loss. Resumes from ``checkpoint``. Returns (best weights, best
-    validation figures, epochs run)."""
-    precision = resolve_precision(config.precision, device)
-    torch.manual_seed(seed)
-    model = EvalNet(rows.iou.shape[1]).to(device).to(memory_format=torch.channels_last)
-    optimizer = DecoupledAdamW(model.parameters(), lr=config.lr, decay=config.weight_decay, eps=config.adam_eps,
-                               keras_epsilon=True)  # the study's Keras optimizer
-    steps = max(1, len(rows) // config.batch_size)
-    stream = BatchStream(len(rows), config.batch_size, seed)
-    epoch, best, best_state = 0, {"total_loss": math.inf}, None
-    if checkpoint.exists():
-        saved = load_checkpoint(checkpoint, map_location=device)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        epoch, best, best_state = saved["epoch"], saved["best"], saved["best_state"]
-    while epoch < epochs:
-        model.train()
-        for step in range(epoch * steps, (epoch + 1) * steps):
-            batch = _batch(rows, stream.batch(step), device)
-            iou_loss, detection_loss = _loss_terms(_predict(model, batch, precision, device), batch)
-            loss = iou_loss + detection_loss
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"the EvalNet loss became {float(loss)} at step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        figures = validate(model, val_rows, config.eval_batch_size, device, precision)
-        if figures["total_loss"] < best["total_loss"]:
-            best, best_state = figures, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        epoch += 1
-        save_checkpoint(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                     "epoch": epoch, "best": best, "best_state": best_state})
-    return best_state, best, epoch
-
-
-def load_evalnet(path: Path, device: torch.device) -> nn.Module:
+def load_evalnet(path: Path, runtime: Runtime) -> nn.Module:
     saved = load_checkpoint(path, map_location="cpu")
     model = EvalNet(saved["num_classes"])
     model.load_state_dict(saved["state_dict"])
-    return model.to(device).to(memory_format=torch.channels_last).eval()
+    model = model.to(runtime.device)
+    return (model.to(memory_format=torch.channels_last) if runtime.channels_last else model).eval()
 
 
 @torch.no_grad()
-def ensemble_outputs(evalnets: list[nn.Module], images: np.ndarray, masks: np.ndarray, device: torch.device,
-                     precision: str) -> tuple[np.ndarray, np.ndarray]:
+def ensemble_outputs(evalnets: list[nn.Module], images: np.ndarray, masks: np.ndarray, runtime: Runtime
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """Mean (iou, detection) of several EvalNets for a batch of images (B, H, W, 3) and masks (B, H, W)."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(device)
-    m = torch.from_numpy(np.asarray(masks).astype(np.int64)).to(device)
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    x = (x if runtime.channels_last else x.contiguous()).to(runtime.device)
+    m = torch.from_numpy(np.asarray(masks).astype(np.int64)).to(runtime.device)
     ious, detections = [], []
     for net in evalnets:
-        with autocast(precision, device):
+        with runtime.autocast():
             iou, detection = net(x, m)
         ious.append(iou.float())
         detections.append(detection.float())
     return torch.stack(ious).mean(0).cpu().numpy(), torch.stack(detections).mean(0).cpu().numpy()
 
 
-def score_masks(evalnets: list[nn.Module], images, masks, batch_size: int, device: torch.device, precision: str,
-                classes: slice = slice(None)) -> np.ndarray:
-    """The EvalNet ensemble's score (``rules.evalnet_score``) of every (image, mask) pair, shape (N,)."""
+def score_masks(evalnets: list[nn.Module], images, masks, runtime: Runtime, classes: slice = slice(None)
+                ) -> np.ndarray:
+    """The EvalNet ensemble's score (``rules.evalnet_score``) of every (image, mask) pair, shape (N,), in batches
+    of ``runtime.eval_batch_size``."""
     scores = np.empty(len(masks), dtype=np.float64)
-    for start in range(0, len(masks), batch_size):
-        rows = slice(start, min(start + batch_size, len(masks)))
-        iou, detection = ensemble_outputs(evalnets, np.asarray(images[rows]), np.asarray(masks[rows]), device,
-                                          precision)
+    for start in range(0, len(masks), runtime.eval_batch_size):
+        rows = slice(start, min(start + runtime.eval_batch_size, len(masks)))
+        iou, detection = ensemble_outputs(evalnets, np.asarray(images[rows]), np.asarray(masks[rows]), runtime)
         scores[rows] = [evalnet_score(i, d, classes) for i, d in zip(iou, detection)]
     return scores

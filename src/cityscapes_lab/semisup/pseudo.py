@@ -16,53 +16,55 @@ from .. import atomic
 from ..data.arrays import load_arrays
 from ..data.augment import AugmentParams, augment
 from ..data.prepared import SplitArrays
-from ..engine.checkpoint import load_checkpoint
-from ..engine.loop import autocast
+from ..models.checkpoints import load_checkpoint
+from ..engine.runtime import Runtime
 from ..models import build_model
-from ..study.keys import derive_seed
+from ..seeds import derive_seed
 from .rules import ensemble_label, inconsistency_mask, input_ensemble_inputs
 
 
-def load_model(path: Path, device: torch.device) -> nn.Module:
+def load_model(path: Path, runtime: Runtime) -> nn.Module:
     """A network from one of our checkpoints (``best.pt`` / ``top<k>.pt``), in eval mode."""
     saved = load_checkpoint(path, map_location="cpu")
     model = build_model(saved["model_name"], saved["num_classes"], **saved["model_options"])
     model.load_state_dict(saved["state_dict"])
-    return model.to(device).to(memory_format=torch.channels_last).eval()
+    model = model.to(runtime.device)
+    return (model.to(memory_format=torch.channels_last) if runtime.channels_last else model).eval()
 
 
-def _logits(models: list[nn.Module], images: np.ndarray, device: torch.device, precision: str):
+def _logits(models: list[nn.Module], images: np.ndarray, runtime: Runtime):
     """Each model's logits (B, C, H, W) float32 for a batch of (B, H, W, 3) uint8 images, one at a time."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(device)
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    x = (x if runtime.channels_last else x.contiguous()).to(runtime.device)
     for model in models:
-        with autocast(precision, device):
+        with runtime.autocast():
             yield model(x).float()
 
 
 @torch.no_grad()
-def probabilities(models: list[nn.Module], images: np.ndarray, device: torch.device, precision: str
+def probabilities(models: list[nn.Module], images: np.ndarray, runtime: Runtime
                   ) -> torch.Tensor:
     """Softmax outputs (n_models, B, C, H, W) float32 of a batch of (B, H, W, 3) uint8 images."""
-    return torch.stack([torch.softmax(logits, dim=1) for logits in _logits(models, images, device, precision)])
+    return torch.stack([torch.softmax(logits, dim=1) for logits in _logits(models, images, runtime)])
 
 
 @torch.no_grad()
-def mean_probabilities(models: list[nn.Module], images: np.ndarray, device: torch.device, precision: str
+def mean_probabilities(models: list[nn.Module], images: np.ndarray, runtime: Runtime
                        ) -> torch.Tensor:
     """The models' mean softmax (B, C, H, W), accumulated one model at a time."""
     total = None
-    for logits in _logits(models, images, device, precision):
+    for logits in _logits(models, images, runtime):
         probs = torch.softmax(logits, dim=1)
         total = probs if total is None else total.add_(probs)
     return total / len(models)
 
 
 @torch.no_grad()
-def predicted_classes(models: list[nn.Module], images: np.ndarray, device: torch.device, precision: str
+def predicted_classes(models: list[nn.Module], images: np.ndarray, runtime: Runtime
                       ) -> np.ndarray:
     """Each model's predicted classes (n_models, B, H, W) uint8 (argmax of the logits: no softmax needed)."""
     return np.stack([logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
-                     for logits in _logits(models, images, device, precision)])
+                     for logits in _logits(models, images, runtime)])
 
 
 @dataclass(frozen=True)
@@ -86,23 +88,22 @@ class LabelingRule:
 
 
 def label_batch(models: list[nn.Module], images: np.ndarray, ids: list[str], rule: LabelingRule,
-                device: torch.device, precision: str, seed: int
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+                runtime: Runtime, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Pseudo pairs of one batch: (images, labels, masks or None), each (B, H, W[, 3])."""
     if rule.kind == "input_ensemble":
         labels = np.empty(images.shape[:3], dtype=np.uint8)
         for i, (image, image_id) in enumerate(zip(images, ids)):
             rng = np.random.default_rng(derive_seed(seed, "input_ensemble", image_id))
             inputs = np.stack(input_ensemble_inputs(image, rule.copies, rule.photometric, rng, rule.cumulative))
-            per_input = probabilities(models, inputs, device, precision)[0]  # one teacher: (copies, C, H, W)
+            per_input = probabilities(models, inputs, runtime)[0]  # one teacher: (copies, C, H, W)
             labels[i] = ensemble_label(per_input.cpu().numpy())
         return images, labels, None
     if rule.kind == "ensemble":
-        mean = mean_probabilities(models, images, device, precision)
+        mean = mean_probabilities(models, images, runtime)
         return images, mean.argmax(dim=1).to(torch.uint8).cpu().numpy(), None
     if rule.kind not in ("teacher", "im"):  # never fall through to IM
         raise ValueError(f"label_batch has no code for the labelling rule {rule.kind!r}")
-    predicted = predicted_classes(models, images, device, precision)  # (n, B, H, W)
+    predicted = predicted_classes(models, images, runtime)  # (n, B, H, W)
     if rule.kind == "teacher":
         return images, predicted[0], None
     out_images, labels, masks = np.empty_like(images), np.empty(images.shape[:3], np.uint8), np.empty(
@@ -114,7 +115,7 @@ def label_batch(models: list[nn.Module], images: np.ndarray, ids: list[str], rul
 
 
 def write_pseudo_pairs(folder: Path, models: list[nn.Module], split: SplitArrays, rule: LabelingRule,
-                       device: torch.device, precision: str, seed: int, batch_size: int = 8,
+                       runtime: Runtime, seed: int, batch_size: int = 8,
                        progress: Callable[[int], None] = lambda n: None) -> SplitArrays:
     """Label every image of ``split`` and save the pairs (and IM masks) as an array folder, atomically."""
     folder = Path(folder)
@@ -129,7 +130,7 @@ def write_pseudo_pairs(folder: Path, models: list[nn.Module], split: SplitArrays
     for start in range(0, n, batch_size):
         rows = slice(start, min(start + batch_size, n))
         batch_images, batch_labels, batch_masks = label_batch(models, np.asarray(split.images[rows]),
-                                                              split.ids[rows], rule, device, precision, seed)
+                                                              split.ids[rows], rule, runtime, seed)
         images[rows], labels[rows] = batch_images, batch_labels
         if masks is not None:
             masks[rows] = batch_masks

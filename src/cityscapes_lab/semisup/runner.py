@@ -8,16 +8,22 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .. import atomic
 from ..data.arrays import load_arrays, load_extra, save_named
 from ..data.prepared import SplitArrays
-from ..engine.checkpoint import save_checkpoint
-from ..engine.loop import TrainingDiverged, predict, resolve_device, resolve_precision
+from ..models.checkpoints import save_checkpoint
+from ..models.evalnet import EvalNet
+from ..engine import kinds
+from ..engine.inference import predict
+from ..engine.runtime import Runtime
+from ..engine.train import TrainingDiverged, train
 from ..study.groups import StudyContext, make_task, rank_group, record, top_checkpoints, train_group
 from ..study.keys import GroupKey, TrainingKey, derive_seed
 from ..study.tasks import TaskResult
 from . import evalnet as evalnets
+from .consistency import STRENGTHS
 from .pseudo import LabelingRule, SetParts, compose_set, label_batch, load_model, mask_sizes, write_pseudo_pairs
 from .recipes import RECIPES, Recipe
 from .rules import copies_for_score, generation_params
@@ -66,13 +72,11 @@ def _labeled(ctx: StudyContext, recipe: Recipe) -> SplitArrays:
 def _im_sizes(ctx: StudyContext, models, rule: LabelingRule, split_name: str, seed: int) -> dict[str, float]:
     """Mean inconsistency-mask size of the teachers on a split (for the report)."""
     split = ctx.data.split(split_name)
-    device = resolve_device(ctx.config.train.device)
-    precision = resolve_precision(ctx.config.train.precision, device)
+    runtime = Runtime.from_config(ctx.config.train)
     sizes = []
     for start in range(0, len(split), ctx.config.semisup.label_batch_size):
         rows = slice(start, start + ctx.config.semisup.label_batch_size)
-        _, _, masks = label_batch(models, np.asarray(split.images[rows]), split.ids[rows], rule, device, precision,
-                                  seed)
+        _, _, masks = label_batch(models, np.asarray(split.images[rows]), split.ids[rows], rule, runtime, seed)
         sizes.extend(mask_sizes(masks))
     pixels = split.images.shape[1] * split.images.shape[2]
     return {"mean_im_pixels": float(np.mean(sizes)), "mean_im_share": float(np.mean(sizes)) / pixels}
@@ -84,14 +88,13 @@ def build_set(ctx: StudyContext, recipe: Recipe, group: GroupKey, nets: list[Pat
     final = folder / "set"
     if (final / "ids.json").exists():
         return final
-    device = resolve_device(ctx.config.train.device)
-    precision = resolve_precision(ctx.config.train.precision, device)
+    runtime = Runtime.from_config(ctx.config.train)
     seed = derive_seed(ctx.config.study.seed, str(group), "pseudo")
-    teachers = [load_model(p, device) for p in top_checkpoints(ctx, _source_group(recipe, group),
+    teachers = [load_model(p, runtime) for p in top_checkpoints(ctx, _source_group(recipe, group),
                                                               _teacher_count(recipe, group.n))]
     rule = _rule(recipe, group.n, ctx)
     unlabeled = ctx.data.split("train_unlabeled")
-    pairs = write_pseudo_pairs(folder / "pairs", teachers, unlabeled, rule, device, precision, seed,
+    pairs = write_pseudo_pairs(folder / "pairs", teachers, unlabeled, rule, runtime, seed,
                                ctx.config.semisup.label_batch_size)
     stats: dict[str, dict[str, float]] = {}
     if rule.kind == "im":
@@ -105,9 +108,10 @@ def build_set(ctx: StudyContext, recipe: Recipe, group: GroupKey, nets: list[Pat
     if recipe.augmented == "one":
         copies = np.ones(len(pairs), dtype=np.int64)
     elif recipe.augmented == "evalnet":
-        scorers = [evalnets.load_evalnet(p, device) for p in nets[:2]]  # the study: the top-2 EvalNet-IM
-        scores = evalnets.score_masks(scorers, pairs.images, pairs.labels, ctx.config.semisup.label_batch_size,
-                                      device, precision, classes=slice(1, None))
+        scorers = [evalnets.load_evalnet(p, runtime) for p in nets[:2]]  # the study: the top-2 EvalNet-IM
+        scores = evalnets.score_masks(scorers, pairs.images, pairs.labels,
+                                      runtime.but(eval_batch_size=ctx.config.semisup.label_batch_size),
+                                      classes=slice(1, None))
         s = ctx.config.semisup
         copies = np.array([copies_for_score(v, s.threshold_low, s.threshold_high) for v in scores], dtype=np.int64)
         stats["train_unlabeled"] = {**stats.get("train_unlabeled", {}), "mean_evalnet_score": float(scores.mean()),
@@ -148,8 +152,9 @@ def run_consistency(ctx: StudyContext, group: GroupKey) -> None:
     """Consistency loss: ``semisup.students`` fine-tunings of the baseline's best model at strength n."""
     start = top_checkpoints(ctx, GroupKey("ldt", group.run), 1)[0]
     keys = [TrainingKey(group, member) for member in range(ctx.config.semisup.students)]
-    tasks = [(key, make_task(ctx, key, "train_labeled", init_checkpoint=str(start), consistency_strength=group.n,
-                             consistency_epochs=ctx.config.semisup.cl_epochs)) for key in keys]
+    tasks = [(key, make_task(ctx, key, "train_labeled", init_checkpoint=str(start),
+                             consistency_views=STRENGTHS[group.n], consistency_epochs=ctx.config.semisup.cl_epochs))
+             for key in keys]
     train_group(ctx, group, tasks)
 
 
@@ -174,33 +179,30 @@ def run_approach(ctx: StudyContext, approach: str) -> int:
 
 
 def _member_checkpoints(ctx: StudyContext, group: GroupKey) -> list[Path]:
-    return [Path(row.checkpoint) for row in ctx.store.trainings(group.approach)
+    return [Path(row.checkpoint) for row in ctx.store.trainings(group.approach, group.role)
             if row.run == group.run and row.n == group.n and row.generation == group.generation
             and row.status == "done"]
 
 
 def evalnet_rows(ctx: StudyContext, approach: str, recipe: Recipe, run: int) -> tuple[Path, Path]:
     """The EvalNets' training and validation rows of a run, built once (notes 5.8, 5.10)."""
-    folder = ctx.layout.dataset(f"{approach}.nets/run{run}")
+    folder = ctx.layout.dataset(f"{GroupKey(approach, run, role='evalnets')}")
     train_folder, val_folder = folder / "train", folder / "val"
     if (train_folder / "ids.json").exists() and (val_folder / "ids.json").exists():
         return train_folder, val_folder
-    device = resolve_device(ctx.config.train.device)
-    precision = resolve_precision(ctx.config.train.precision, device)
-    s, batch = ctx.config.semisup, ctx.config.train.eval_batch_size
+    runtime = Runtime.from_config(ctx.config.train)
+    s = ctx.config.semisup
     labeled, val = ctx.data.split("train_labeled"), ctx.data.split("val")
     seed = derive_seed(ctx.config.study.seed, approach, run, "evalnet-data")
     if recipe.evalnet == "miou":
         ldt, aldt = (_member_checkpoints(ctx, GroupKey(b, run)) for b in ("ldt", "aldt"))
-        train_rows = evalnets.candidate_rows(ldt + aldt, labeled, ctx.data.num_classes, device, precision, batch)
+        train_rows = evalnets.candidate_rows(ldt + aldt, labeled, ctx.data.num_classes, runtime)
         val_models = ldt[:s.evalnet_val_models] + aldt[:s.evalnet_val_models]
-        val_rows = evalnets.candidate_rows(val_models, val, ctx.data.num_classes, device, precision, batch)
+        val_rows = evalnets.candidate_rows(val_models, val, ctx.data.num_classes, runtime)
     else:
         models = _member_checkpoints(ctx, GroupKey("ldt" if recipe.evalnet == "im" else "aldt", run))
-        train_rows = evalnets.im_rows(models, labeled, s.evalnet_train_loops, ctx.data.num_classes, seed, device,
-                                      precision, batch)
-        val_rows = evalnets.im_rows(models, val, s.evalnet_val_loops, ctx.data.num_classes, seed + 1, device,
-                                    precision, batch)
+        train_rows = evalnets.im_rows(models, labeled, s.evalnet_train_loops, ctx.data.num_classes, seed, runtime)
+        val_rows = evalnets.im_rows(models, val, s.evalnet_val_loops, ctx.data.num_classes, seed + 1, runtime)
     evalnets.save_rows(train_folder, train_rows)
     evalnets.save_rows(val_folder, val_rows)
     return train_folder, val_folder
@@ -211,13 +213,13 @@ def train_evalnets(ctx: StudyContext, approach: str, recipe: Recipe, run: int) -
     returns the ranked checkpoints (``top1.pt`` ...)."""
     import time
 
-    group = GroupKey(f"{approach}.nets", run)
+    group = GroupKey(approach, run, role="evalnets")
     keys = [TrainingKey(group, member) for member in range(ctx.config.semisup.evalnets)]
     pending = [k for k in keys if ctx.store.status(k) not in ("done", "failed")]
     if pending:
         train_folder, val_folder = evalnet_rows(ctx, approach, recipe, run)
         rows, val_rows = evalnets.load_rows(train_folder), evalnets.load_rows(val_folder)
-        device = resolve_device(ctx.config.train.device)
+        runtime = Runtime.from_config(ctx.config.train)
     for key in keys:
         if key not in pending:
             ctx.counts["skipped"] += 1
@@ -229,12 +231,16 @@ def train_evalnets(ctx: StudyContext, approach: str, recipe: Recipe, run: int) -
         out.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         try:
-            state, figures, epochs = evalnets.train_evalnet(rows, val_rows, ctx.config.train,
-                                                            ctx.config.semisup.evalnet_epochs, seed, out / "last.pt",
-                                                            device)
+            torch.manual_seed(seed)
+            model = EvalNet(ctx.data.num_classes)
+            training = kinds.evalnet(model, rows, val_rows, ctx.config.train, runtime,
+                                     epochs=ctx.config.semisup.evalnet_epochs, seed=seed)
+            result = train(model, training, ctx.config.train, runtime, checkpoint=out / "last.pt", desc=str(key),
+                           show_progress=ctx.show_progress)
         except TrainingDiverged as exc:
             record(ctx, key, TaskResult(str(key), "failed", time.perf_counter() - start, error=str(exc)))
             continue
+        state, figures, epochs = result.best_state, result.best, result.epochs
         save_checkpoint(out / "best.pt", {"model_name": "evalnet", "num_classes": ctx.data.num_classes,
                                           "state_dict": state, "key": str(key), "val": figures})
         (out / "last.pt").unlink(missing_ok=True)
@@ -255,19 +261,17 @@ def select_masks(ctx: StudyContext, group: GroupKey, nets: list[Path]) -> tuple[
     config = ctx.config
     batch = config.train.batch_size
     if not (final / "ids.json").exists():
-        device = resolve_device(config.train.device)
-        precision = resolve_precision(config.train.precision, device)
-        scorers = [evalnets.load_evalnet(p, device) for p in nets[:group.n]]
+        runtime = Runtime.from_config(config.train)
+        scorers = [evalnets.load_evalnet(p, runtime) for p in nets[:group.n]]
         unlabeled = ctx.data.split("train_unlabeled")
         source = (GroupKey("ldt", group.run) if group.generation == 0
                   else GroupKey(group.approach, group.run, group.n, group.generation - 1))
         best_score = np.full(len(unlabeled), -np.inf)
         best_mask = np.zeros(unlabeled.images.shape[:3], dtype=np.uint8)
         for path in _member_checkpoints(ctx, source):
-            masks = predict(load_model(path, device), unlabeled.images, config.train.eval_batch_size, device,
-                            precision)
-            scores = evalnets.score_masks(scorers, unlabeled.images, masks, config.semisup.label_batch_size, device,
-                                          precision)
+            masks = predict(load_model(path, runtime), unlabeled.images, runtime)
+            scores = evalnets.score_masks(scorers, unlabeled.images, masks,
+                                          runtime.but(eval_batch_size=config.semisup.label_batch_size))
             better = scores > best_score
             best_score[better], best_mask[better] = scores[better], masks[better]
         selected = np.zeros(len(unlabeled), dtype=bool)

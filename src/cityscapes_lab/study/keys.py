@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..seeds import derive_seed  # noqa: F401 - the study's seeds, used with its keys
 
 
 @dataclass(frozen=True, order=True)
 class GroupKey:
     """A group of models trained together and ranked together: one approach, run, teacher count n and
-    generation (baselines: n = 0, generation = 0)."""
+    generation (baselines: n = 0, generation = 0). ``role``: segmentation networks (``models``) or the EvalNets
+    an approach trains to judge masks (``evalnets``)."""
 
     approach: str
     run: int
     n: int = 0
     generation: int = 0
+    role: str = "models"
+
+    ROLES = ("models", "evalnets")
+
+    def __post_init__(self) -> None:
+        if self.role not in self.ROLES:
+            raise ValueError(f"unknown group role {self.role!r}; the roles are: {', '.join(self.ROLES)}")
 
     def __str__(self) -> str:
-        return f"{self.approach}/run{self.run}" + (f"/n{self.n}" if self.n else "") + f"/gen{self.generation}"
+        # the text form names folders and database rows (EvalNets keep the ".nets" names of earlier versions)
+        approach = self.approach + (".nets" if self.role == "evalnets" else "")
+        return f"{approach}/run{self.run}" + (f"/n{self.n}" if self.n else "") + f"/gen{self.generation}"
 
 
 @dataclass(frozen=True, order=True)
@@ -28,12 +39,6 @@ class TrainingKey:
 
     def __str__(self) -> str:
         return f"{self.group}/m{self.member:02d}"
-
-
-def derive_seed(base: int, *parts: object) -> int:
-    """A 31-bit seed from the study seed and any identifying parts (stable across machines and versions)."""
-    digest = hashlib.sha256(repr((base,) + parts).encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
 @dataclass(frozen=True)

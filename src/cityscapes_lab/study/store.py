@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS trainings (
     generation INTEGER NOT NULL, member INTEGER NOT NULL, seed INTEGER NOT NULL, config_hash TEXT NOT NULL,
     status TEXT NOT NULL CHECK (status IN ('running', 'done', 'failed')),
     started REAL, finished REAL, seconds REAL, epochs INTEGER, best_epoch INTEGER, checkpoint TEXT,
-    error TEXT, host TEXT);
+    error TEXT, host TEXT, role TEXT NOT NULL DEFAULT 'models');
 CREATE TABLE IF NOT EXISTS scores (
     key TEXT NOT NULL REFERENCES trainings(key), split TEXT NOT NULL, metric TEXT NOT NULL, value REAL,
     PRIMARY KEY (key, split, metric));
@@ -54,6 +54,7 @@ class TrainingRow:
     best_epoch: int | None
     checkpoint: str | None
     error: str | None
+    role: str = "models"  # GroupKey.role: segmentation networks or EvalNets
 
 
 class ResultStore:
@@ -66,11 +67,23 @@ class ResultStore:
         try:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.executescript(SCHEMA)
+            self._migrate()
             self.db.execute("SELECT count(*) FROM trainings JOIN scores USING (key)").fetchone()
         except sqlite3.DatabaseError as exc:
             self.db.close()
             raise DataError(f"{self.path}: not a readable results database ({exc}); restore it from a copy, or "
                             "start the study again under a new --out") from None
+
+    def _migrate(self) -> None:
+        """Databases of earlier versions have no ``role`` column; their EvalNet rows are named ``<approach>.nets``."""
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(trainings)")}
+        if "role" not in columns:
+            with self.db:
+                self.db.execute("BEGIN")
+                self.db.execute("ALTER TABLE trainings ADD COLUMN role TEXT NOT NULL DEFAULT 'models'")
+                self.db.execute("UPDATE trainings SET role = 'evalnets', approach = substr(approach, 1, "
+                                "length(approach) - 5) WHERE approach LIKE '%.nets'")
+                self.db.execute("COMMIT")
 
     def close(self) -> None:
         self.db.close()
@@ -99,10 +112,10 @@ class ResultStore:
         g = key.group
         self.db.execute(
             "INSERT INTO trainings (key, approach, run, n, generation, member, seed, config_hash, status, started,"
-            " host) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?) ON CONFLICT(key) DO UPDATE SET"
+            " host, role) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?) ON CONFLICT(key) DO UPDATE SET"
             " status='running', started=excluded.started, host=excluded.host, error=NULL",
             (str(key), g.approach, g.run, g.n, g.generation, key.member, seed, config_hash, time.time(),
-             socket.gethostname()))
+             socket.gethostname(), g.role))
 
     def finish(self, key: TrainingKey, *, status: str, seconds: float, epochs: int | None, best_epoch: int | None,
                checkpoint: str | None, error: str | None, scores: dict[str, dict[str, float]]) -> None:
@@ -121,12 +134,12 @@ class ResultStore:
     def config_hashes(self) -> set[str]:
         return {row[0] for row in self.db.execute("SELECT DISTINCT config_hash FROM trainings")}
 
-    def trainings(self, approach: str | None = None) -> list[TrainingRow]:
+    def trainings(self, approach: str | None = None, role: str | None = None) -> list[TrainingRow]:
+        """Every training, or those of one approach and/or role, in key order."""
         query = ("SELECT key, approach, run, n, generation, member, seed, config_hash, status, seconds, epochs,"
-                 " best_epoch, checkpoint, error FROM trainings")
-        rows = self.db.execute(query + (" WHERE approach = ?" if approach else "") + " ORDER BY key",
-                               (approach,) if approach else ()).fetchall()
-        return [TrainingRow(*row) for row in rows]
+                 " best_epoch, checkpoint, error, role FROM trainings WHERE (? IS NULL OR approach = ?) AND"
+                 " (? IS NULL OR role = ?) ORDER BY key")
+        return [TrainingRow(*row) for row in self.db.execute(query, (approach, approach, role, role)).fetchall()]
 
     def scores(self, key: TrainingKey | str) -> dict[str, dict[str, float]]:
         result: dict[str, dict[str, float]] = {}
@@ -136,12 +149,14 @@ class ResultStore:
         return result
 
     def score_table(self, metrics: Iterable[str]) -> list[tuple]:
-        """(approach, run, n, generation, member, split, metric, value) of done trainings for ``metrics``."""
+        """(approach, run, n, generation, member, split, metric, value) of the done segmentation trainings for
+        ``metrics``."""
         wanted = list(metrics)
         marks = ",".join("?" * len(wanted))
         return self.db.execute(
             "SELECT t.approach, t.run, t.n, t.generation, t.member, s.split, s.metric, s.value FROM trainings t"
-            f" JOIN scores s ON s.key = t.key WHERE t.status = 'done' AND s.metric IN ({marks})", wanted).fetchall()
+            f" JOIN scores s ON s.key = t.key WHERE t.status = 'done' AND t.role = 'models' AND s.metric IN ({marks})",
+            wanted).fetchall()
 
     # --- groups -------------------------------------------------------------------------------------------------
     def set_ranking(self, group: GroupKey, ranked: list[tuple[TrainingKey, float]]) -> None:

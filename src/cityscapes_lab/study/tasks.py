@@ -15,13 +15,15 @@ import torch
 from .. import atomic
 from ..config import TrainConfig
 from ..data.arrays import load_arrays
+from ..data.augment import AugmentParams
 from ..data.prepared import PreparedData, SplitArrays, load_prepared
-from ..engine.checkpoint import save_checkpoint
+from ..engine import kinds
 from ..engine.evaluate import score_full_resolution, score_split, write_predictions
-from ..engine.loop import TrainingDiverged, predict, resolve_device, resolve_precision, validation_soft_iou
-from ..engine.train import fit
+from ..engine.inference import predict
+from ..engine.runtime import Runtime, cpu_threads
+from ..engine.train import FitResult, TrainingDiverged, train
 from ..models import build_model
-from ..parallel import default_workers
+from ..models.checkpoints import load_checkpoint, save_checkpoint
 
 
 @dataclass(frozen=True)
@@ -36,9 +38,9 @@ class TrainingTask:
     full_resolution: bool = False
     predictions_dir: str | None = None  # write official-format predictions of every eval split here
     show_progress: bool = True
-    # consistency-loss fine-tuning (semisup.consistency) instead of training from scratch
+    # consistency-loss fine-tuning (engine.kinds.consistency) instead of training from scratch
     init_checkpoint: str | None = None  # start from these weights
-    consistency_strength: int = 0  # 0: ordinary training; 1, 2, 3: low, mid, high augmentation of the two views
+    consistency_views: AugmentParams | None = None  # the photometric augmentation of its two views
     consistency_epochs: int = 0
 
 
@@ -59,19 +61,6 @@ def open_train_set(data: PreparedData, train_set: str) -> SplitArrays:
     return data.split(train_set) if train_set in data.splits else load_arrays(Path(train_set))
 
 
-def _validator(val: SplitArrays, data: PreparedData, config: TrainConfig, device: torch.device):
-    precision = resolve_precision(config.precision, device)
-    if data.protocol == "paper":  # the study's soft IoU over all 35 classes, in batches of 32
-        return lambda model: validation_soft_iou(model, val.images, val.labels, data.num_classes,
-                                                 config.eval_batch_size, device, precision, config.channels_last)
-
-    def official_miou(model) -> float:
-        predictions = predict(model, val.images, config.eval_batch_size, device, precision, config.channels_last)
-        return score_split(predictions, val, data.protocol).official.miou
-
-    return official_miou
-
-
 def _write_history(path: Path, history: list[dict]) -> None:
     rows = [",".join(history[0])] + [",".join(f"{row[k]}" for k in history[0]) for row in history] if history else []
     atomic.write_text(path, "\n".join(rows) + "\n")
@@ -87,68 +76,59 @@ def execute(task: TrainingTask) -> TaskResult:
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     config = TrainConfig(**task.train)
-    torch.set_num_threads(config.threads or default_workers())
-    device = resolve_device(config.device)
+    torch.set_num_threads(cpu_threads(config.threads))
+    runtime = Runtime.from_config(config)
     data = load_prepared(task.data)
-    train_set, val = open_train_set(data, task.train_set), data.split("val")
     torch.manual_seed(task.seed)
     model = build_model(config.model, data.num_classes, alpha=config.alpha)
     try:
-        if task.consistency_strength:
-            best_state, best_score, best_epoch, epochs = _fine_tune(model, data, task, config, device)
-            history = []
-        else:
-            result = fit(model, train_set, _validator(val, data, config, device), config, seed=task.seed,
-                         ignore_index=data.ignore_index, checkpoint=out / "last.pt", device=device, desc=task.key,
-                         show_progress=task.show_progress)
-            best_state, best_score, best_epoch, history = (result.best_state, result.best_score, result.best_epoch,
-                                                          result.history)
-            epochs = len(history)
+        result = _train(model, data, task, config, runtime)
     except TrainingDiverged as exc:
         outcome = TaskResult(task.key, "failed", time.perf_counter() - start, error=str(exc))
         atomic.write_json(done, asdict(outcome))
         return outcome
-    model.load_state_dict(best_state)
+    model.load_state_dict(result.best_state)
     checkpoint = out / "best.pt"
+    best_score = next(iter(result.best.values()))
     save_checkpoint(checkpoint, {
         "model_name": config.model, "model_options": {"alpha": config.alpha}, "num_classes": data.num_classes,
-        "protocol": data.protocol, "input_size": list(data.size), "state_dict": best_state, "best_epoch": best_epoch,
-        "val_score": best_score,
+        "protocol": data.protocol, "input_size": list(data.size), "state_dict": result.best_state,
+        "best_epoch": result.best_epoch, "val_score": best_score if task.consistency_views is None else -best_score,
         "seed": task.seed, "key": task.key})
-    if history:
-        _write_history(out / "history.csv", history)
-    scores = score_model(model, data, task, config, device)
-    outcome = TaskResult(task.key, "done", time.perf_counter() - start, epochs, best_epoch, str(checkpoint), None,
-                         scores)
+    _write_history(out / "history.csv", result.history)
+    scores = score_model(model, data, task, runtime)
+    outcome = TaskResult(task.key, "done", time.perf_counter() - start, result.epochs, result.best_epoch,
+                         str(checkpoint), None, scores)
     atomic.write_json(done, asdict(outcome))
     (out / "last.pt").unlink(missing_ok=True)  # the finished result replaces the resume point
     return outcome
 
 
-def _fine_tune(model: torch.nn.Module, data: PreparedData, task: TrainingTask, config: TrainConfig,
-               device: torch.device) -> tuple[dict, float, int, int]:
-    """Consistency-loss fine-tuning from ``task.init_checkpoint`` (semisup.consistency)."""
-    from ..engine.checkpoint import load_checkpoint
-    from ..semisup.consistency import STRENGTHS, fine_tune
+def _train(model: torch.nn.Module, data: PreparedData, task: TrainingTask, config: TrainConfig,
+           runtime: Runtime) -> FitResult:
+    """The task's training: the study's from scratch, or consistency-loss fine-tuning from ``init_checkpoint``."""
+    if task.consistency_views is None:
+        training = kinds.study(model, open_train_set(data, task.train_set), data.split("val"), config, runtime,
+                               seed=task.seed, num_classes=data.num_classes, ignore_index=data.ignore_index,
+                               protocol=data.protocol)
+    else:
+        model.load_state_dict(load_checkpoint(task.init_checkpoint)["state_dict"])
+        training = kinds.consistency(model, data.split("train_labeled"), data.split("train_unlabeled"),
+                                     data.split("val"), task.consistency_views, config, runtime,
+                                     epochs=task.consistency_epochs, seed=task.seed)
+    return train(model, training, config, runtime, checkpoint=Path(task.out_dir) / "last.pt", desc=task.key,
+                 show_progress=task.show_progress)
 
-    model.load_state_dict(load_checkpoint(task.init_checkpoint)["state_dict"])
-    best_state, best_loss, best_epoch, epochs = fine_tune(
-        model, data.split("train_labeled"), data.split("train_unlabeled"), data.split("val"),
-        STRENGTHS[task.consistency_strength], config, task.consistency_epochs, task.seed,
-        Path(task.out_dir) / "last.pt", device)
-    return best_state, -best_loss, best_epoch, epochs
 
-
-def score_model(model: torch.nn.Module, data: PreparedData, task: TrainingTask, config: TrainConfig,
-                device: torch.device) -> dict[str, dict[str, float]]:
+def score_model(model: torch.nn.Module, data: PreparedData, task: TrainingTask, runtime: Runtime
+                ) -> dict[str, dict[str, float]]:
     """Both metric families on every eval split the prepared data has (splits without labels are skipped)."""
-    precision = resolve_precision(config.precision, device)
     scores = {}
     for name in task.eval_splits:
         if name not in data.splits:
             continue
         split = data.split(name)
-        predictions = predict(model, split.images, config.eval_batch_size, device, precision, config.channels_last)
+        predictions = predict(model, split.images, runtime)
         if task.predictions_dir:
             write_predictions(Path(task.predictions_dir) / name, predictions, split.ids, data.protocol,
                               tuple(data.meta["source"]["original_size"]))

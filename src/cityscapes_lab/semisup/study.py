@@ -1,4 +1,5 @@
-"""Running a study: the baselines first, then every semi-supervised approach generation by generation.
+"""Running the whole study: the baselines first (``study``), then every semi-supervised approach generation by
+generation (``semisup.runner``).
 
 Resumable by construction: the database says which trainings are finished; an unfinished one continues from its
 last epoch checkpoint; a finished one is never redone; derived training sets are written atomically and reused;
@@ -8,6 +9,7 @@ goes on.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +19,13 @@ from ..config import Config, format_config
 from ..data.prepared import PreparedData, load_prepared
 from ..errors import ConfigError
 from ..outputs import check_output_folder
-from ..semisup.recipes import RECIPES, required_baselines
-from ..semisup.runner import planned_trainings, run_approach
-from .approaches import BASELINES, ensure_aldt_set
-from .groups import StudyContext, make_task, train_group
-from .keys import GroupKey, StudyLayout, TrainingKey
-from .progress import StudyProgress
-from .store import ResultStore
+from ..study.approaches import BASELINES, ensure_aldt_set
+from ..study.groups import StudyContext, make_task, train_group
+from ..study.keys import GroupKey, StudyLayout, TrainingKey
+from ..study.progress import StudyProgress
+from ..study.store import ResultStore
+from .recipes import RECIPES, required_baselines
+from .runner import n_values, planned_trainings, run_approach
 
 
 @dataclass(frozen=True)
@@ -53,12 +55,16 @@ def is_study(folder: Path) -> bool:
 def check_settings(data: PreparedData, config: Config, semisup: list[str]) -> None:
     """Every setting that can only be checked against the data or this machine, checked before anything is
     written: a typo must not leave a study folder that then refuses the corrected command."""
-    from ..engine.loop import resolve_device
+    from ..engine.kinds import cross_entropy_step
+    from ..engine.runtime import Runtime
     from ..models import build_model
-    from ..semisup.runner import n_values
 
-    resolve_device(config.train.device, "train.device")
-    build_model(config.train.model, data.num_classes, alpha=config.train.alpha)  # unknown model or option
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("the study runs as one process, not under torchrun: start `cityscapes-lab study` directly "
+                          "(torchrun is for `cityscapes-lab train`)")
+    Runtime.from_config(config.train)  # a device or precision this machine lacks
+    model = build_model(config.train.model, data.num_classes, alpha=config.train.alpha)  # unknown model or option
+    cross_entropy_step(model, config.train, data.ignore_index)  # an aux_weight the network cannot use
     unknown = [name for name in config.study.eval_splits if name not in data.splits]
     if unknown:
         raise ConfigError(f"study.eval_splits: {data.root} has no split {', '.join(map(repr, unknown))}; it has: "

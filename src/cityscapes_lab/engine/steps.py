@@ -1,0 +1,84 @@
+"""Step functions of the training loop: the loss of one batch. The forward pass runs under the runtime's autocast;
+every loss is computed in fp32.
+
+===================  =============================================================================
+step                 loss
+===================  =============================================================================
+``CrossEntropy``     pixel cross-entropy (35 paper indices, or 19 trainIds with 255 ignored), plus
+                     ``aux_weight`` x the auxiliary head's for networks that have one (HRNet-OCR, UperNet)
+``Consistency``      mean squared difference of the softmax outputs of two views of the same images
+``EvalNetLoss``      MSE on the per-class IoU targets + BCE on the per-class detection targets
+===================  =============================================================================
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .losses import pixel_cross_entropy
+from .runtime import Runtime
+from .sources import Batch
+
+
+def has_aux_head(model: nn.Module) -> bool:
+    """Whether the network can return its auxiliary head's logits (``forward(images, return_aux=True)``)."""
+    model = getattr(model, "module", model)  # DDP
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    return "return_aux" in inspect.signature(model.forward).parameters
+
+
+@dataclass(frozen=True)
+class CrossEntropy:
+    ignore_index: int | None = None
+    aux_weight: float = 0.0  # > 0: the model's auxiliary head adds its weighted loss
+
+    def __call__(self, model: nn.Module, batch: Batch, runtime: Runtime) -> torch.Tensor:
+        images, labels = batch
+        with runtime.autocast():
+            outputs = model(images, return_aux=True) if self.aux_weight > 0 else model(images)
+        if isinstance(outputs, tuple):
+            main, aux = outputs
+            return (pixel_cross_entropy(main.float(), labels, self.ignore_index)
+                    + self.aux_weight * pixel_cross_entropy(aux.float(), labels, self.ignore_index))
+        return pixel_cross_entropy(outputs.float(), labels, self.ignore_index)
+
+
+def consistency_loss(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
+    """Mean over images, pixels and classes of the squared difference of the two views' softmax outputs."""
+    return (torch.softmax(logits_a.float(), dim=1) - torch.softmax(logits_b.float(), dim=1)).pow(2).mean()
+
+
+@dataclass(frozen=True)
+class Consistency:
+    def __call__(self, model: nn.Module, batch: Batch, runtime: Runtime) -> torch.Tensor:
+        view_a, view_b = batch
+        with runtime.autocast():
+            logits_a, logits_b = model(view_a), model(view_b)
+        return consistency_loss(logits_a, logits_b)
+
+
+def evalnet_outputs(model: nn.Module, batch: Batch, runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass of an EvalNet: predicted (IoU, detection), each (B, C) float32."""
+    with runtime.autocast():
+        iou, detection = model(batch[0], batch[1])
+    return iou.float(), detection.float()
+
+
+def evalnet_loss_terms(predicted: tuple[torch.Tensor, torch.Tensor], batch: Batch
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """MSE on the IoU targets and BCE on the detection targets."""
+    predicted_iou, predicted_detection = predicted
+    return (F.mse_loss(predicted_iou, batch[2]),
+            F.binary_cross_entropy(predicted_detection.clamp(1e-7, 1 - 1e-7), batch[3]))
+
+
+@dataclass(frozen=True)
+class EvalNetLoss:
+    def __call__(self, model: nn.Module, batch: Batch, runtime: Runtime) -> torch.Tensor:
+        iou_loss, detection_loss = evalnet_loss_terms(evalnet_outputs(model, batch, runtime), batch)
+        return iou_loss + detection_loss
