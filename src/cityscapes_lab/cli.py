@@ -300,6 +300,15 @@ def predict(name: str | None, weights: Path | None, random_weights: bool, inputs
          + ("" if no_color else ", color") + ("" if no_overlay else ", overlay"))
 
 
+def _note_load(threads: int) -> None:
+    """A line when other programs compete for the cores that ``threads`` training threads will use."""
+    from .engine.runtime import load_note
+
+    note = load_note(threads)
+    if note:
+        _say(f"note: {note}")
+
+
 def _options(items: tuple[str, ...]) -> dict:
     """``key=value`` model options; values read as JSON where they parse (numbers, true/false), else text."""
     import json
@@ -319,16 +328,18 @@ def _options(items: tuple[str, ...]) -> dict:
 @cli.command()
 @click.option("--data", type=click.Path(path_type=Path), required=True,
               help="A folder made by `prepare --protocol standard`.")
-@click.option("--model", "name", required=True, help="A registered model (see `cityscapes-lab zoo list`).")
+@click.option("--model", "name", default=None,
+              help="A registered model (see `cityscapes-lab zoo list`)  [default: the setting train.model]")
 @click.option("--weights", type=click.Path(path_type=Path), default=None, help="Start from this checkpoint.")
-@click.option("--option", "model_options", multiple=True, metavar="KEY=VALUE", help="A model option.")
+@click.option("--option", "model_options", multiple=True, metavar="KEY=VALUE",
+              help="A model option (alpha: instead of the setting train.alpha).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for checkpoints and curves.")
 @click.option("--split", "train_split", default="train", show_default=True, help="The split to train on.")
 @click.option("--val-split", default="val", show_default=True)
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="A TOML settings file.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one setting.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def train(data: Path, name: str, weights: Path | None, model_options: tuple[str, ...], out: Path, train_split: str,
+def train(data: Path, name: str | None, weights: Path | None, model_options: tuple[str, ...], out: Path, train_split: str,
           val_split: str, config_file: Path | None, overrides: tuple[str, ...], seed: int) -> None:
     """Train or fine-tune any registered model on the standard protocol; with `torchrun --nproc_per_node=N -m
     cityscapes_lab train ...` on N GPUs (or CPU processes) with DistributedDataParallel."""
@@ -338,10 +349,11 @@ def train(data: Path, name: str, weights: Path | None, model_options: tuple[str,
     from .data.prepared import load_prepared
     from .engine.runtime import join_processes
     from .engine.standard import train_standard
-    from .models.registry import build_model
+    from .models.registry import training_model
     from .outputs import check_output_folder, holds_only
 
     config = load_config(config_file, list(overrides))
+    name = name or config.train.model
     prepared = load_prepared(data)
     if prepared.protocol != "standard":
         raise ConfigError(f"{data}: `train` uses the standard protocol (19 trainIds); this folder is "
@@ -351,11 +363,12 @@ def train(data: Path, name: str, weights: Path | None, model_options: tuple[str,
     check_output_folder(out, what="a training (best.pt, last.pt, result.json)", inputs=[data],
                         ours=holds_only("best.pt", "last.pt", "result.json"))
     runtime = join_processes(config.train)
-    options = _options(model_options)
     torch.manual_seed(seed)
-    model = build_model(name, prepared.num_classes, weights=weights, **options)
+    model, options = training_model(config.train, prepared.num_classes, name, _options(model_options), weights)
     if runtime.main:
         Path(out).mkdir(parents=True, exist_ok=True)
+        if runtime.device.type == "cpu":
+            _note_load(torch.get_num_threads())
     summary = train_standard(name, model, options, prepared, config, out, runtime, train_split, val_split, seed)
     if runtime.main:
         _say(f"trained {name} on {train_split} with {summary['world_size']} process(es): best val mIoU "

@@ -71,10 +71,12 @@ def evalnet_outputs(model: nn.Module, batch: Batch, runtime: Runtime) -> tuple[t
 
 def evalnet_loss_terms(predicted: tuple[torch.Tensor, torch.Tensor], batch: Batch
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """MSE on the IoU targets and BCE on the detection targets."""
+    """MSE on the IoU targets and BCE on the detection targets. A network whose outputs became NaN gets a NaN
+    loss (for the NaN check), not the error ``binary_cross_entropy`` raises for them."""
     predicted_iou, predicted_detection = predicted
-    return (F.mse_loss(predicted_iou, batch[2]),
-            F.binary_cross_entropy(predicted_detection.clamp(1e-7, 1 - 1e-7), batch[3]))
+    detection = predicted_detection.clamp(1e-7, 1 - 1e-7)
+    bce = F.binary_cross_entropy(detection.nan_to_num(0.5), batch[3]) + 0 * detection.sum()  # NaN stays NaN
+    return F.mse_loss(predicted_iou, batch[2]), bce
 
 
 @dataclass(frozen=True)

@@ -167,7 +167,7 @@ def train(model: nn.Module, training: Training, config: TrainConfig, runtime: Ru
     forward = torch.compile(wrapped) if config.compile else wrapped
 
     def what(phase: Phase) -> str:
-        return "training loss" if len(phases) == 1 else f"training loss of the {phase.name} pass"
+        return "training loss" if len(phases) == 1 else f"training loss ({phase.name})"
 
     def judge(row: dict, suffix: str = "") -> None:
         """Validate; keep the weights if they are the best so far (every epoch with train.keep = last)."""
@@ -193,7 +193,7 @@ def train(model: nn.Module, training: Training, config: TrainConfig, runtime: Ru
                     batch = phase.source.batch(stream.batch(step)[runtime.rank::runtime.world_size], step, runtime)
                     loss = phase.step(forward, batch, runtime)
                     if config.nan_check == "step" and not _finite_everywhere(loss.detach(), runtime):
-                        raise TrainingDiverged(f"the {what(phase)} became {float(loss)} at step {step}")
+                        raise TrainingDiverged(f"the {what(phase)} became {float(loss.detach())} at step {step}")
                     optimizer.zero_grad(set_to_none=True)
                     if scaler is not None:
                         scaler.scale(loss).backward()

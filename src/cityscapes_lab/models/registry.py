@@ -155,3 +155,18 @@ def build_model(name: str, num_classes: int, weights: str | Path | None = None, 
 
         load_weights(model, weights, spec.layout)
     return model
+
+
+def training_model(train, num_classes: int, name: str | None = None, options: dict | None = None,
+                   weights: str | Path | None = None) -> tuple[nn.Module, dict]:
+    """The network a training's settings (``config.TrainConfig``) describe: ``train.model`` (or ``name``), with
+    the width multiplier ``train.alpha`` for networks that have one (``options`` override it). Returns the model
+    and the options it was built with; ConfigError for a non-default ``train.alpha`` on a network without one."""
+    name = name or train.model
+    options = dict(options or {})
+    if "alpha" in inspect.signature(model_spec(name).resolve()).parameters:
+        options.setdefault("alpha", train.alpha)
+    elif train.alpha != type(train)().alpha:
+        raise ConfigError(f"train.alpha {train.alpha}: {name} has no width multiplier; leave train.alpha at its "
+                          "default (other options: --option KEY=VALUE)")
+    return build_model(name, num_classes, weights=weights, **options), options

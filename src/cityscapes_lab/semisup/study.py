@@ -17,6 +17,7 @@ from pathlib import Path
 from .. import atomic
 from ..config import Config, format_config
 from ..data.prepared import PreparedData, load_prepared
+from ..engine.runtime import Runtime, cpu_threads, load_note
 from ..errors import ConfigError
 from ..outputs import check_output_folder
 from ..study.approaches import BASELINES, ensure_aldt_set
@@ -56,14 +57,13 @@ def check_settings(data: PreparedData, config: Config, semisup: list[str]) -> No
     """Every setting that can only be checked against the data or this machine, checked before anything is
     written: a typo must not leave a study folder that then refuses the corrected command."""
     from ..engine.kinds import cross_entropy_step
-    from ..engine.runtime import Runtime
-    from ..models import build_model
+    from ..models.registry import training_model
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("the study runs as one process, not under torchrun: start `cityscapes-lab study` directly "
                           "(torchrun is for `cityscapes-lab train`)")
     Runtime.from_config(config.train)  # a device or precision this machine lacks
-    model = build_model(config.train.model, data.num_classes, alpha=config.train.alpha)  # unknown model or option
+    model, _ = training_model(config.train, data.num_classes)  # unknown model or option
     cross_entropy_step(model, config.train, data.ignore_index)  # an aux_weight the network cannot use
     unknown = [name for name in config.study.eval_splits if name not in data.splits]
     if unknown:
@@ -135,6 +135,9 @@ def run_study(data_dir: Path, out: Path, approaches: list[str], config: Config, 
     if added:
         log(f"adding {', '.join(a.upper() for a in added)}: the semi-supervised approaches start from them")
     layout, store = open_study(out, data, config)
+    note = load_note(cpu_threads(config.train.threads))
+    if note and Runtime.from_config(config.train).device.type == "cpu":
+        log(f"note: {note}")
     total = len(baselines) * config.study.runs * config.study.models + sum(
         planned_trainings(approach, config) for approach in semisup)
     progress = StudyProgress(total, layout.log, show_progress)

@@ -22,7 +22,7 @@ from ..engine.evaluate import score_full_resolution, score_split, write_predicti
 from ..engine.inference import predict
 from ..engine.runtime import Runtime, cpu_threads
 from ..engine.train import FitResult, TrainingDiverged, train
-from ..models import build_model
+from ..models.registry import training_model
 from ..models.checkpoints import load_checkpoint, save_checkpoint
 
 
@@ -80,7 +80,7 @@ def execute(task: TrainingTask) -> TaskResult:
     runtime = Runtime.from_config(config)
     data = load_prepared(task.data)
     torch.manual_seed(task.seed)
-    model = build_model(config.model, data.num_classes, alpha=config.alpha)
+    model, options = training_model(config, data.num_classes)
     try:
         result = _train(model, data, task, config, runtime)
     except TrainingDiverged as exc:
@@ -91,7 +91,7 @@ def execute(task: TrainingTask) -> TaskResult:
     checkpoint = out / "best.pt"
     best_score = next(iter(result.best.values()))
     save_checkpoint(checkpoint, {
-        "model_name": config.model, "model_options": {"alpha": config.alpha}, "num_classes": data.num_classes,
+        "model_name": config.model, "model_options": options, "num_classes": data.num_classes,
         "protocol": data.protocol, "input_size": list(data.size), "state_dict": result.best_state,
         "best_epoch": result.best_epoch, "val_score": best_score if task.consistency_views is None else -best_score,
         "seed": task.seed, "key": task.key})
