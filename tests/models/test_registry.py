@@ -120,3 +120,50 @@ def test_predict_gives_the_classes_of_a_direct_forward(tmp_path):
         direct = model(torch.from_numpy(image).permute(2, 0, 1)[None]).argmax(1)[0].numpy().astype(np.uint8)
     assert len(np.unique(direct)) > 1
     assert np.array_equal(load_predictor(None, path, device="cpu")(image), label_ids_of(direct, 35))
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_path_into_a_model_gives_the_classes_of_a_direct_forward(name, raw_small, tmp_path):
+    """The model contract, for every registry model (reduced widths, random biases and batch-norm statistics so
+    that a wrong input scale shows): a direct forward, the study's scoring (`engine.inference.predict` on uint8
+    arrays), `predict` (`load_predictor`) and `zoo eval` (`evaluate_on_raw`) see the same classes."""
+    import numpy as np
+
+    from cityscapes_lab.data.raw import open_raw
+    from cityscapes_lab.engine.inference import predict
+    from cityscapes_lab.engine.prediction import label_ids_of, load_predictor
+    from cityscapes_lab.engine.runtime import Runtime
+    from cityscapes_lab.engine.zoo_eval import evaluate_on_raw
+    from cityscapes_lab.metrics.official import ConfusionMatrix, official_scores
+    from cityscapes_lab.models.checkpoints import save_checkpoint
+
+    torch.manual_seed(0)
+    options = model_spec(name).test_options
+    model = build_model(name, 19, **options).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.5)
+                module.running_var.uniform_(0.5, 1.5)
+            if isinstance(getattr(module, "bias", None), torch.Tensor):
+                module.bias.normal_(0, 0.02)
+    path = tmp_path / "best.pt"
+    save_checkpoint(path, {"model_name": name, "model_options": options, "num_classes": 19, "protocol": "standard",
+                           "input_size": [512, 256] if name == "unet_paper" else None,
+                           "state_dict": model.state_dict()})
+    index = open_raw(raw_small)
+    frame = sorted(f for f in index.files if f.startswith("leftImg8bit/val/"))[0]
+    image = index.decode(frame)[..., :3]
+    with torch.no_grad():
+        direct = model(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255).argmax(1)[0].numpy()
+    direct = direct.astype(np.uint8)
+    assert len(np.unique(direct)) > 1
+    studied = predict(model, image[None], Runtime.cpu(channels_last=False, eval_batch_size=1))[0]
+    assert np.mean(studied == direct) > 0.999  # uint8 in, normalised inside: the same up to rounding
+    predictor = load_predictor(None, path, device="cpu")
+    assert np.array_equal(predictor(image), label_ids_of(direct, 19))
+    truth = index.decode(frame.replace("leftImg8bit/", "gtFine/").replace("_leftImg8bit.png", "_gtFine_labelIds.png"))
+    confusion = ConfusionMatrix()
+    confusion.add(label_ids_of(direct, 19), truth)
+    scored = evaluate_on_raw(predictor, raw_small, "val", limit=1, show_progress=False)
+    assert scored.scores.miou == official_scores(confusion).miou
