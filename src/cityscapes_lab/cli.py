@@ -138,17 +138,36 @@ def config_show(config_file: Path | None, overrides: tuple[str, ...]) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override one setting, e.g. --set train.epochs=5 (repeatable; see `config show`).")
 @click.option("--save-predictions", is_flag=True, help="Write every model's predictions as official-format PNGs.")
+@click.option("--executor", type=click.Choice(["serial", "local", "ray"]), default="serial", show_default=True,
+              help="Where tasks run: here one after another, N processes of this machine, or a Ray cluster.")
+@click.option("--parallel", type=click.IntRange(1), default=2, show_default=True,
+              help="--executor local: tasks at once (they share the cores, or the GPU).")
+@click.option("--ray-address", default=None, help="--executor ray: auto or HOST:PORT of a running cluster "
+              "[default: start a local instance for this call]")
+@click.option("--cpus-per-task", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="--executor ray: CPUs each task reserves.")
+@click.option("--gpus-per-task", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="--executor ray: GPUs (or a fraction) each task reserves.")
+@click.option("--plan", "plan_only", is_flag=True, help="Print the tasks, trainings, images and estimated time; "
+              "train nothing.")
+@click.option("--throughput", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="--plan: images/s of one training [default: measured by a short probe here].")
 def study(data: Path, out: Path, approaches: str, runs: int | None, models: int | None, config_file: Path | None,
-          overrides: tuple[str, ...], save_predictions: bool) -> None:
+          overrides: tuple[str, ...], save_predictions: bool, executor: str, parallel: int, ray_address: str | None,
+          cpus_per_task: float, gpus_per_task: float, plan_only: bool, throughput: float | None) -> None:
     """Train and score every group of the chosen approaches; rerun the same command to continue after a stop."""
     from .config import load_config
-    from .semisup.study import run_study
+    from .semisup.study import describe_plan, run_study
 
     extra = [f"study.runs={runs}"] * (runs is not None) + [f"study.models={models}"] * (models is not None)
     extra += ["study.save_predictions=true"] * save_predictions
     config = load_config(config_file, list(overrides) + extra)
     names = [a.strip().lower() for a in approaches.split(",") if a.strip()]
-    summary = run_study(data, out, names, config, log=_say)
+    if plan_only:
+        _say(describe_plan(data, out, names, config, throughput, executor, parallel, gpus_per_task))
+        return
+    summary = run_study(data, out, names, config, log=_say, executor=executor, parallel=parallel,
+                        ray_address=ray_address, cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task)
     _say(f"study {out}: {summary.trained} trainings run now, {summary.skipped} already finished, "
          f"{summary.failed} failed, {summary.groups} groups")
     _say(f"results: {out}/results.sqlite; report: cityscapes-lab report {out}")

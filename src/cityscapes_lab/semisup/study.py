@@ -17,16 +17,22 @@ from pathlib import Path
 from .. import atomic
 from ..config import Config, format_config
 from ..data.prepared import PreparedData, load_prepared
+from ..engine.probe import probe_throughput
 from ..engine.runtime import Runtime, cpu_threads, load_note
 from ..errors import ConfigError
-from ..outputs import check_output_folder
-from ..study.approaches import BASELINES, ensure_aldt_set
-from ..study.groups import StudyContext, make_task, train_group
-from ..study.keys import GroupKey, StudyLayout, TrainingKey
+from ..outputs import check_output_folder, holds_only
+from ..study.approaches import BASELINES
+from ..study.executors import EXECUTORS, make_executor
+from ..study.graph import Node, run_plan
+from ..study.groups import StudyContext, record
+from ..study.keys import StudyLayout
+from ..study.lock import LOCK_NAME, study_lock
 from ..study.progress import StudyProgress
 from ..study.store import ResultStore
+from ..study.tasks import TaskResult
+from .plan import plan_study
 from .recipes import RECIPES, required_baselines
-from .runner import n_values, planned_trainings, run_approach
+from .runner import n_values
 
 
 @dataclass(frozen=True)
@@ -84,7 +90,8 @@ def check_settings(data: PreparedData, config: Config, semisup: list[str]) -> No
 
 def open_study(out: Path, data: PreparedData, config: Config) -> tuple[StudyLayout, ResultStore]:
     """Create or reopen a study folder; refuse one that was started with other settings or other data."""
-    check_output_folder(out, what="a study", ours=is_study, inputs=[data.root])
+    check_output_folder(out, what="a study", ours=lambda folder: is_study(folder) or holds_only(LOCK_NAME)(folder),
+                        inputs=[data.root])
     layout = StudyLayout(Path(out))
     layout.root.mkdir(parents=True, exist_ok=True)
     store = ResultStore(layout.database)
@@ -109,21 +116,18 @@ def open_study(out: Path, data: PreparedData, config: Config) -> tuple[StudyLayo
     return layout, store
 
 
-def run_baseline(ctx: StudyContext, approach: str) -> int:
-    """Every run's group of a baseline; returns the number of groups."""
-    train_set = BASELINES[approach].train_set
-    if train_set == "aldt":
-        train_set = str(ensure_aldt_set(ctx.data, ctx.layout.dataset("aldt"), ctx.config.aldt, ctx.config.study.seed))
-    for run in range(1, ctx.config.study.runs + 1):
-        group = GroupKey(approach, run)
-        keys = [TrainingKey(group, member) for member in range(ctx.config.study.models)]
-        train_group(ctx, group, [(key, make_task(ctx, key, train_set)) for key in keys])
-    return ctx.config.study.runs
+def fail_training(ctx: StudyContext, node: Node, reason: str) -> None:
+    """Record a training that cannot run (a step it waits for failed) as failed, with the reason."""
+    ctx.store.start(node.key, node.seed, ctx.config.digest())
+    record(ctx, node.key, TaskResult(str(node.key), "failed", 0.0, error=reason))
 
 
 def run_study(data_dir: Path, out: Path, approaches: list[str], config: Config, *, show_progress: bool = True,
-              log: Callable[[str], None] = lambda message: None) -> StudySummary:
-    """Run (or continue) the study in ``out`` for the given approaches."""
+              log: Callable[[str], None] = lambda message: None, executor: str = "serial", parallel: int = 1,
+              ray_address: str | None = None, cpus_per_task: float = 1.0, gpus_per_task: float = 0.0
+              ) -> StudySummary:
+    """Run (or continue) the study in ``out`` for the given approaches, its tasks on ``executor`` (serial, local
+    with ``parallel`` processes, or ray)."""
     baselines, semisup = resolve_approaches(approaches)
     data = load_prepared(data_dir)
     if data.protocol != "paper":
@@ -131,22 +135,90 @@ def run_study(data_dir: Path, out: Path, approaches: list[str], config: Config, 
                           "prepare the data with --protocol paper")
     data.verify()
     check_settings(data, config, semisup)
+    if executor not in EXECUTORS:
+        raise ConfigError(f"--executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
     added = [b for b in baselines if b not in approaches]
     if added:
         log(f"adding {', '.join(a.upper() for a in added)}: the semi-supervised approaches start from them")
-    layout, store = open_study(out, data, config)
-    note = load_note(cpu_threads(config.train.threads))
-    if note and Runtime.from_config(config.train).device.type == "cpu":
-        log(f"note: {note}")
-    total = len(baselines) * config.study.runs * config.study.models + sum(
-        planned_trainings(approach, config) for approach in semisup)
-    progress = StudyProgress(total, layout.log, show_progress)
-    with store:
-        try:
-            progress.start(sum(row.status in ("done", "failed") for row in store.trainings()))
-            ctx = StudyContext(layout, store, data, config, progress, log, show_progress)
-            groups = sum(run_baseline(ctx, approach) for approach in baselines)
-            groups += sum(run_approach(ctx, approach) for approach in semisup)
-        finally:
-            progress.close()
+    with study_lock(Path(out), inputs=[data.root]):
+        layout, store = open_study(out, data, config)
+        plan = plan_study(baselines, semisup, config, data, layout)
+        processes = parallel if executor == "local" else 1
+        note = load_note(cpu_threads(config.train.threads, processes))
+        if note and Runtime.from_config(config.train).device.type == "cpu":
+            log(f"note: {note}")
+        progress = StudyProgress(len(plan.trainings), layout.log, show_progress)
+        with store:
+            runner = make_executor(executor, parallel, ray_address, cpus_per_task, gpus_per_task)
+            try:
+                progress.start(sum(row.status in ("done", "failed") for row in store.trainings()))
+                ctx = StudyContext(layout, store, data, config, progress, log, show_progress,
+                                   processes=processes)
+                run_plan(plan, ctx, runner, fail_training)
+            finally:
+                runner.close()
+                progress.close()
+    groups = sum(1 for group in plan.groups() if group.role == "models")
     return StudySummary(ctx.counts["trained"], ctx.counts["skipped"], ctx.counts["failed"], groups)
+
+
+def describe_plan(data_dir: Path, out: Path, approaches: list[str], config: Config, throughput: float | None,
+                  executor: str = "serial", parallel: int = 1, gpus_per_task: float = 0.0) -> str:
+    """``study --plan``: the tasks per approach, run and generation, the trainings and images seen, and the time
+    at ``throughput`` images/s per training (measured here by a short probe when None)."""
+    baselines, semisup = resolve_approaches(approaches)
+    data = load_prepared(data_dir)
+    check_settings(data, config, semisup)
+    plan = plan_study(baselines, semisup, config, data, StudyLayout(Path(out)))
+    width, height = data.size
+    source = "given"
+    if throughput is None:
+        throughput = probe_throughput(config.train, height, width, data.num_classes)
+        source = f"measured here: {config.train.batch_size} images of {width}x{height} per step"
+    rows: dict[tuple, list] = {}
+    for node in plan.nodes:
+        group = node.group
+        row = rows.setdefault((group.approach + (" EvalNets" if group.role == "evalnets" else ""), group.run,
+                               group.n, group.generation), [0, 0, 0])
+        row[0] += 1
+        if node.training:
+            row[1] += 1
+            row[2] += node.images
+    lines = [f"plan of the study in {out}: {', '.join(baselines + semisup)} on {data_dir} ({data.protocol} protocol, "
+             f"{width}x{height})", "",
+             "| approach | run | n | generation | tasks | trainings | images seen in training | hours |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (name, run, n, generation), (tasks, trainings, images) in rows.items():
+        lines.append(f"| {name} | {run or '-'} | {n or '-'} | {generation + 1} | {tasks} | {trainings} | "
+                     f"{images:,} | {images / throughput / 3600:.2f} |")
+    total_images = sum(node.images for node in plan.trainings)
+    hours = total_images / throughput / 3600
+    kinds = {}
+    for node in plan.nodes:
+        kinds[node.kind] = kinds.get(node.kind, 0) + 1
+    lines += ["", f"{len(plan.nodes)} tasks ({', '.join(f'{v} {k}' for k, v in sorted(kinds.items()))}); "
+              f"{len(plan.trainings)} trainings; {total_images:,} images seen in training "
+              "(estimated where a training set is made during the study)",
+              f"at {throughput:.1f} images/s per training ({source}): {hours:.1f} hours one training at a time"]
+    critical = _critical_path(plan, throughput) / 3600
+    on_gpu = Runtime.from_config(config.train).device.type == "cuda"
+    if executor != "serial":
+        slots = parallel if executor == "local" else max(1, round(1 / gpus_per_task)) if gpus_per_task else parallel
+        if on_gpu or executor == "ray":
+            wall = max(hours / slots, critical)
+            lines.append(f"with --executor {executor} and {slots} tasks at once, each at that rate: about {wall:.1f} "
+                         f"hours (the longest chain of dependent trainings alone: {critical:.1f} h); measure the "
+                         "rate of trainings sharing a device with benchmarks/study_throughput.py")
+        else:
+            lines.append(f"with --executor local --parallel {slots} on this CPU the processes share its cores: "
+                         f"about {hours:.1f} hours as well (no training is faster than the one probed)")
+    return "\n".join(lines)
+
+
+def _critical_path(plan, throughput: float) -> float:
+    """Seconds of the longest chain of dependent trainings (only trainings take time here)."""
+    finish: dict[str, float] = {}
+    for node in plan.nodes:  # the plan is in an order where every node comes after what it waits for
+        start = max((finish[d] for d in node.after), default=0.0)
+        finish[node.id] = start + (node.images / throughput if node.training else 0.0)
+    return max(finish.values(), default=0.0)

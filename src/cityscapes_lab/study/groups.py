@@ -13,7 +13,7 @@ from ..data.prepared import PreparedData
 from .keys import GroupKey, StudyLayout, TrainingKey, derive_seed
 from .progress import StudyProgress
 from .store import ResultStore
-from .tasks import TaskResult, TrainingTask, execute
+from .tasks import TaskResult, TrainingTask
 
 RANK_SPLIT, RANK_METRIC = "val", "paper_miou"  # the study ranks a group by its benchmark val mIoU
 
@@ -29,7 +29,13 @@ class StudyContext:
     progress: StudyProgress
     log: Callable[[str], None]
     show_progress: bool = True
+    processes: int = 1  # tasks that run at once on one machine (they share its cores)
     counts: dict[str, int] = field(default_factory=lambda: {"trained": 0, "skipped": 0, "failed": 0})
+
+    def skipped(self, node=None) -> None:
+        """A training that was finished before."""
+        self.counts["skipped"] += 1
+        self.progress.skipped()
 
 
 def make_task(ctx: StudyContext, key: TrainingKey, train_set: str, **overrides) -> TrainingTask:
@@ -45,7 +51,7 @@ def make_task(ctx: StudyContext, key: TrainingKey, train_set: str, **overrides) 
         train=train, data=str(ctx.data.root), train_set=train_set, out_dir=str(ctx.layout.training(key)),
         eval_splits=tuple(study.eval_splits), full_resolution=study.full_resolution,
         predictions_dir=str(ctx.layout.predictions(key, "")) if study.save_predictions else None,
-        show_progress=ctx.show_progress, **fields)
+        show_progress=ctx.show_progress, processes=ctx.processes, **fields)
 
 
 def record(ctx: StudyContext, key: TrainingKey, result: TaskResult) -> None:
@@ -83,19 +89,6 @@ def rank_group(ctx: StudyContext, group: GroupKey, keys: list[TrainingKey], spli
     ranked = [key for key, _ in scored]
     keep_top(ctx, group, ranked)
     return ranked
-
-
-def train_group(ctx: StudyContext, group: GroupKey, tasks: list[tuple[TrainingKey, TrainingTask]]
-                ) -> list[TrainingKey]:
-    """Train the members that are not finished (a killed one resumes from its last epoch), then rank."""
-    for key, task in tasks:
-        if ctx.store.status(key) in ("done", "failed"):
-            ctx.counts["skipped"] += 1
-            ctx.progress.skipped()
-            continue
-        ctx.store.start(key, task.seed, ctx.config.digest())
-        record(ctx, key, execute(task))
-    return rank_group(ctx, group, [key for key, _ in tasks])
 
 
 def top_checkpoints(ctx: StudyContext, group: GroupKey, count: int) -> list[Path]:

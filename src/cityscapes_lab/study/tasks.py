@@ -42,6 +42,10 @@ class TrainingTask:
     init_checkpoint: str | None = None  # start from these weights
     consistency_views: AugmentParams | None = None  # the photometric augmentation of its two views
     consistency_epochs: int = 0
+    processes: int = 1  # training processes that share this machine's cores (the executor's; train.threads = 0)
+
+    def run(self) -> TaskResult:
+        return execute(self)
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,30 @@ def open_train_set(data: PreparedData, train_set: str) -> SplitArrays:
     return data.split(train_set) if train_set in data.splits else load_arrays(Path(train_set))
 
 
+def note_worker(out: Path) -> None:
+    """``worker.json``: the host and process running the task now (to find it; nothing reads it back)."""
+    import os
+    import socket
+
+    atomic.write_json(out / "worker.json", {"host": socket.gethostname(), "pid": os.getpid()})
+
+
+@dataclass(frozen=True)
+class AldtSetTask:
+    """The ALDT set of a study (the labeled images and their augmented copies), built once."""
+
+    data: str
+    folder: str
+    aldt: dict  # AugmentConfig fields
+    seed: int
+
+    def run(self) -> str:
+        from ..config import AugmentConfig
+        from .approaches import ensure_aldt_set
+
+        return str(ensure_aldt_set(load_prepared(self.data), Path(self.folder), AugmentConfig(**self.aldt), self.seed))
+
+
 def _write_history(path: Path, history: list[dict]) -> None:
     rows = [",".join(history[0])] + [",".join(f"{row[k]}" for k in history[0]) for row in history] if history else []
     atomic.write_text(path, "\n".join(rows) + "\n")
@@ -76,7 +104,8 @@ def execute(task: TrainingTask) -> TaskResult:
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     config = TrainConfig(**task.train)
-    torch.set_num_threads(cpu_threads(config.threads))
+    torch.set_num_threads(cpu_threads(config.threads, task.processes))
+    note_worker(out)
     runtime = Runtime.from_config(config)
     data = load_prepared(task.data)
     torch.manual_seed(task.seed)

@@ -1,0 +1,217 @@
+"""The whole study as one plan: every training, pseudo-labelling, EvalNet and ranking step with what it waits for.
+``plan_study`` is the only place that knows the study's shape; the progress bar, ``study --plan`` and the
+executors all read the plan it makes. A generation waits for the ranking of its source group (and of its
+EvalNets); nothing else is ordered."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from ..config import Config
+from ..data.prepared import PreparedData
+from ..study.approaches import BASELINES
+from ..study.graph import Node, Plan
+from ..study.groups import StudyContext, make_task, rank_group, record, top_checkpoints
+from ..study.keys import GroupKey, StudyLayout, TrainingKey, derive_seed
+from ..study.tasks import AldtSetTask
+from .consistency import STRENGTHS
+from .recipes import RECIPES, Recipe
+from .runner import _source_group, _teacher_count, n_values, selection_steps
+from .tasks import EvalNetTask, RowsTask, SetTask
+
+
+def _done(ctx: StudyContext, key: TrainingKey) -> bool:
+    return ctx.store.status(key) in ("done", "failed")
+
+
+def _members(ctx: StudyContext, group: GroupKey) -> list[str]:
+    """The finished models of a group (their checkpoints), in member order."""
+    return [row.checkpoint for row in ctx.store.trainings(group.approach, group.role)
+            if row.run == group.run and row.n == group.n and row.generation == group.generation
+            and row.status == "done"]
+
+
+def _stats(ctx: StudyContext, group: GroupKey) -> None:
+    path = ctx.layout.dataset(str(group)) / "stats.json"
+    if path.exists():
+        import json
+
+        ctx.store.set_group_stats(group, json.loads(path.read_text()))
+
+
+class _Builder:
+    """Adds the nodes of one study to a plan, in the order a serial run takes them."""
+
+    def __init__(self, config: Config, data: PreparedData, layout: StudyLayout):
+        self.plan, self.config, self.data, self.layout = Plan(), config, data, layout
+        train = config.train
+        self.batch = train.batch_size
+        self.sizes = {name: len(ids) for name, ids in data.splits.items()}
+        self.sizes["aldt"] = self.sizes.get("train_labeled", 0) * (1 + config.aldt.copies)
+
+    def rank(self, group: GroupKey, keys: list[TrainingKey], after: list[str], **how) -> str:
+        def make(ctx: StudyContext) -> None:
+            rank_group(ctx, group, keys, **how)
+            _stats(ctx, group)
+
+        return self.plan.add(Node(f"rank {group}", "rank", group, tuple(after), make=make)).id
+
+    def trainings(self, group: GroupKey, count: int, after: tuple[str, ...], make_for, images: int,
+                  kind: str = "train", seed_of=None) -> list[Node]:
+        nodes = []
+        for member in range(count):
+            key = TrainingKey(group, member)
+            seed = seed_of(key) if seed_of else derive_seed(self.config.study.seed, group.approach, group.run,
+                                                          group.n, group.generation, member)
+            nodes.append(self.plan.add(Node(
+                f"{kind} {key}", kind, group, after, key=key, images=images, seed=seed,
+                make=lambda ctx, key=key: make_for(ctx, key), finished=lambda ctx, key=key: _done(ctx, key),
+                record=lambda ctx, result, key=key: record(ctx, key, result))))
+        return nodes
+
+    def segmentation_images(self, set_size: int, steps: int = 0) -> int:
+        return self.config.train.epochs * (steps or max(1, set_size // self.batch)) * self.batch
+
+    # --- baselines -------------------------------------------------------------------------------------------
+    def baseline(self, approach: str) -> None:
+        train_set = BASELINES[approach].train_set
+        after: tuple[str, ...] = ()
+        if train_set == "aldt":
+            folder = self.layout.dataset("aldt")
+            task = AldtSetTask(str(self.data.root), str(folder), asdict(self.config.aldt), self.config.study.seed)
+            after = (self.plan.add(Node("aldt set", "aldt", GroupKey("aldt", 0), make=lambda ctx: task,
+                                        finished=lambda ctx: (folder / "ids.json").exists())).id,)
+            train_set = str(folder)
+        size = self.sizes["aldt" if BASELINES[approach].train_set == "aldt" else train_set]
+        for run in range(1, self.config.study.runs + 1):
+            group = GroupKey(approach, run)
+            nodes = self.trainings(group, self.config.study.models, after,
+                                   lambda ctx, key: make_task(ctx, key, train_set), self.segmentation_images(size))
+            self.rank(group, [n.key for n in nodes], [n.id for n in nodes])
+
+    # --- the semi-supervised approaches ---------------------------------------------------------------------
+    def approach(self, approach: str) -> None:
+        recipe = RECIPES[approach]
+        for run in range(1, self.config.study.runs + 1):
+            nets_rank = self.evalnets(approach, recipe, run) if recipe.evalnet else None
+            for n in n_values(recipe, self.config):
+                if recipe.rule == "consistency":
+                    self.consistency(GroupKey(approach, run, n, 0))
+                    continue
+                for generation in range(self.config.semisup.generations):
+                    self.generation(recipe, GroupKey(approach, run, n, generation), nets_rank)
+
+    def evalnets(self, approach: str, recipe: Recipe, run: int) -> str:
+        group = GroupKey(approach, run, role="evalnets")
+        bases = {"miou": ("ldt", "aldt"), "im": ("ldt",), "aug_im": ("aldt",)}[recipe.evalnet]
+        folder = self.layout.dataset(str(group))
+        config = self.config
+        keys = [TrainingKey(group, m) for m in range(config.semisup.evalnets)]
+
+        def make_rows(ctx: StudyContext) -> RowsTask:
+            members = {b: _members(ctx, GroupKey(b, run)) for b in ("ldt", "aldt")}
+            return RowsTask(str(ctx.layout.root), str(ctx.data.root), config.to_dict(), approach, run, members,
+                            ctx.processes)
+
+        rows = self.plan.add(Node(f"rows {group}", "rows", group, tuple(f"rank {GroupKey(b, run)}" for b in bases),
+                                  make=make_rows, finished=lambda ctx: (folder / "val" / "ids.json").exists()
+                                  or all(_done(ctx, k) for k in keys)))
+
+        def make_net(ctx: StudyContext, key: TrainingKey) -> EvalNetTask:
+            out = ctx.layout.training(key)
+            return EvalNetTask(str(key), derive_seed(config.study.seed, str(key)), config.to_dict(),
+                               str(folder / "train"), str(folder / "val"), str(out), ctx.data.num_classes,
+                               ctx.show_progress, ctx.processes)
+
+        rows_estimate = self.sizes.get("train_labeled", 0) * max(1, config.semisup.evalnet_train_loops)
+        images = config.semisup.evalnet_epochs * max(1, rows_estimate // self.batch) * self.batch
+        nodes = self.trainings(group, config.semisup.evalnets, (rows.id,), make_net, images, kind="evalnet",
+                               seed_of=lambda key: derive_seed(config.study.seed, str(key)))
+        return self.rank(group, keys, [n.id for n in nodes], split="val", metric="total_loss",
+                         higher_is_better=False)
+
+    def consistency(self, group: GroupKey) -> None:
+        config = self.config
+        ldt = GroupKey("ldt", group.run)
+
+        def make(ctx: StudyContext, key: TrainingKey):
+            start = top_checkpoints(ctx, ldt, 1)[0]
+            return make_task(ctx, key, "train_labeled", init_checkpoint=str(start),
+                             consistency_views=STRENGTHS[group.n], consistency_epochs=config.semisup.cl_epochs)
+
+        labeled, unlabeled = self.sizes.get("train_labeled", 0), self.sizes.get("train_unlabeled", 0)
+        images = config.semisup.cl_epochs * (labeled + 2 * unlabeled)
+        nodes = self.trainings(group, config.semisup.students, (f"rank {ldt}",), make, images, kind="consistency")
+        self.rank(group, [n.key for n in nodes], [n.id for n in nodes])
+
+    def generation(self, recipe: Recipe, group: GroupKey, nets_rank: str | None) -> None:
+        config, approach = self.config, group.approach
+        source = (GroupKey("ldt", group.run) if recipe.rule == "evalnet_selection" and group.generation == 0
+                  else _source_group(recipe, group))
+        evalnet_group = GroupKey(approach, group.run, role="evalnets")
+        folder = self.layout.dataset(str(group))
+        keys = [TrainingKey(group, m) for m in range(config.semisup.students)]
+
+        def make_set(ctx: StudyContext) -> SetTask:
+            nets = [str(p) for p in _ranked(ctx, evalnet_group)] if recipe.evalnet else []
+            teachers, candidates = [], []
+            if recipe.rule == "evalnet_selection":
+                nets, candidates = nets[:group.n], _members(ctx, source)
+            else:
+                teachers = [str(p) for p in top_checkpoints(ctx, source, _teacher_count(recipe, group.n))]
+            return SetTask(str(ctx.layout.root), str(ctx.data.root), config.to_dict(), approach,
+                           (group.approach, group.run, group.n, group.generation), tuple(teachers), tuple(nets),
+                           tuple(candidates), ctx.processes)
+
+        after = (f"rank {source}",) + ((nets_rank,) if nets_rank else ())
+        built = self.plan.add(Node(f"set {group}", "set", group, after, make=make_set,
+                                   finished=lambda ctx: (folder / "set" / "ids.json").exists()
+                                   or all(_done(ctx, k) for k in keys)))
+        alpha = self._alpha(recipe, group)
+
+        def make_student(ctx: StudyContext, key: TrainingKey):
+            steps = 0
+            if recipe.rule == "evalnet_selection":
+                from ..data.arrays import load_arrays
+
+                steps = selection_steps(ctx.data, config.train.batch_size, len(load_arrays(folder / "set")))
+            return make_task(ctx, key, str(folder / "set"), train_alpha=alpha, train_steps_per_epoch=steps)
+
+        nodes = self.trainings(group, config.semisup.students, (built.id,), make_student,
+                               self.segmentation_images(self._set_estimate(recipe)))
+        self.rank(group, keys, [n.id for n in nodes])
+
+    def _alpha(self, recipe: Recipe, group: GroupKey) -> float:
+        from .rules import generation_params
+
+        return generation_params(group.generation).alpha if recipe.widen else self.config.train.alpha
+
+    def _set_estimate(self, recipe: Recipe) -> int:
+        """The size of a generation's training set before it exists: the labeled data plus the pseudo pairs
+        (clean and/or augmented copies; IM++: 3 copies, the middle of 1-5)."""
+        unlabeled = self.sizes.get("train_unlabeled", 0)
+        copies = {"": 0, "one": 1, "evalnet": 3}[recipe.augmented] + (1 if recipe.clean else 0)
+        labeled = self.sizes["aldt"] if recipe.labeled == "aldt" else self.sizes.get("train_labeled", 0)
+        return labeled + unlabeled * max(1, copies)
+
+
+def _ranked(ctx: StudyContext, group: GroupKey) -> list[Path]:
+    """The checkpoints of a ranked group's finished models, best first."""
+    return [ctx.layout.root / "models" / key / "best.pt" for key, _ in ctx.store.ranking(group)]
+
+
+def plan_study(baselines: list[str], approaches: list[str], config: Config, data: PreparedData,
+               layout: StudyLayout) -> Plan:
+    """Every step of the study for the chosen baselines and semi-supervised approaches, in serial order."""
+    builder = _Builder(config, data, layout)
+    for approach in baselines:
+        builder.baseline(approach)
+    for approach in approaches:
+        builder.approach(approach)
+    return builder.plan
+
+
+def estimated_hours(images: int, throughput: float) -> float:
+    return images / max(throughput, 1e-9) / 3600 if images else 0.0
+

@@ -1,0 +1,152 @@
+"""Where the study's tasks run: ``serial`` (in this process, one after another), ``local`` (N worker processes on
+this machine) or ``ray`` (Ray core tasks on a cluster, an optional extra). Each has ``slots`` (tasks at once),
+``submit(task) -> handle`` and ``wait() -> (handle, result, error)`` for the next task to finish."""
+
+from __future__ import annotations
+
+import collections
+import os
+import selectors
+from typing import Any
+
+from ..errors import ConfigError
+from .graph import perform
+
+EXECUTORS = ("serial", "local", "ray")
+
+
+class SerialExecutor:
+    """Each task runs in this process when it is submitted (the default)."""
+
+    slots = 1
+
+    def __init__(self):
+        self._done: collections.deque = collections.deque()
+        self._count = 0
+
+    def submit(self, task: Any) -> int:
+        self._count += 1
+        try:
+            self._done.append((self._count, perform(task), None))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failed task is recorded, the study goes on
+            self._done.append((self._count, None, exc))
+        return self._count
+
+    def wait(self) -> tuple[int, Any, BaseException | None]:
+        return self._done.popleft()
+
+    def close(self) -> None:
+        pass
+
+
+class LocalExecutor:
+    """``parallel`` worker processes of this machine (fresh interpreters that import only cityscapes-lab, and exit
+    with the driver), one task each at a time."""
+
+    def __init__(self, parallel: int):
+        from ..parallel import _start_worker
+
+        self.slots = parallel
+        self._workers = []
+        for _ in range(parallel):
+            self._workers.append(_start_worker(self._workers, fork=False))
+        self._idle = list(self._workers)
+        self._busy: dict[int, Any] = {}  # result pipe -> worker
+        self._selector = selectors.DefaultSelector()
+        self._count = 0
+
+    def submit(self, task: Any) -> int:
+        from ..worker import send
+
+        worker = self._idle.pop()
+        self._count += 1
+        worker.in_flight.append(self._count)
+        send(worker.tasks, (perform, task))
+        self._busy[worker.results] = worker
+        self._selector.register(worker.results, selectors.EVENT_READ, worker)
+        return self._count
+
+    def wait(self) -> tuple[int, Any, BaseException | None]:
+        from ..parallel import WorkerDied, _death_message
+        from ..worker import receive
+
+        key, _ = self._selector.select()[0]
+        worker = key.data
+        self._selector.unregister(worker.results)
+        del self._busy[worker.results]
+        handle = worker.in_flight.popleft()
+        try:
+            status, payload, _text = receive(worker.results)
+        except EOFError:
+            raise WorkerDied(_death_message(worker)) from None
+        self._idle.append(worker)
+        return (handle, payload, None) if status == "ok" else (handle, None, payload)
+
+    def close(self) -> None:
+        self._selector.close()
+        for worker in self._workers:
+            os.close(worker.tasks)
+        for worker in self._workers:
+            worker.process.wait()
+            os.close(worker.results)
+
+
+class RayExecutor:
+    """Ray core tasks: on the cluster at ``address`` (``auto``: the one this machine belongs to), on the Ray
+    instance this process already started, or on a local one started for the call (listening on 127.0.0.1).
+    A task whose worker dies is run again by Ray (it resumes from its last epoch checkpoint)."""
+
+    def __init__(self, address: str | None, cpus_per_task: float, gpus_per_task: float, retries: int = 3):
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError("--executor ray needs Ray: pip install 'cityscapes-lab[ray]'") from None
+        self.ray = ray
+        self._started = False
+        if not ray.is_initialized():
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                         _node_ip_address="127.0.0.1")
+                self._started = True
+        total = ray.cluster_resources()
+        by_cpu = int(total.get("CPU", 1) // cpus_per_task) if cpus_per_task else 10_000
+        by_gpu = int(total.get("GPU", 0) // gpus_per_task) if gpus_per_task else 10_000
+        self.slots = max(1, min(by_cpu, by_gpu))
+        self._remote = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus_per_task, max_retries=retries)(perform)
+        self._refs: dict[Any, Any] = {}
+
+    def submit(self, task: Any) -> Any:
+        ref = self._remote.remote(task)
+        self._refs[ref] = ref
+        return ref
+
+    def wait(self) -> tuple[Any, Any, BaseException | None]:
+        ready, _ = self.ray.wait(list(self._refs), num_returns=1)
+        ref = self._refs.pop(ready[0])
+        try:
+            return ref, self.ray.get(ref), None
+        except self.ray.exceptions.RayTaskError as exc:
+            return ref, None, exc.cause if exc.cause is not None else exc
+        except self.ray.exceptions.RayError as exc:  # the worker died more often than it may be retried
+            return ref, None, exc
+
+    def close(self) -> None:
+        if self._started:
+            self.ray.shutdown()
+
+
+def make_executor(name: str, parallel: int = 1, ray_address: str | None = None, cpus_per_task: float = 1.0,
+                  gpus_per_task: float = 0.0):
+    if name == "serial":
+        return SerialExecutor()
+    if name == "local":
+        if parallel < 1:
+            raise ConfigError(f"--parallel {parallel}: must be at least 1")
+        return LocalExecutor(parallel)
+    if name == "ray":
+        return RayExecutor(ray_address, cpus_per_task, gpus_per_task)
+    raise ConfigError(f"--executor {name!r}: choose one of {', '.join(EXECUTORS)}")
