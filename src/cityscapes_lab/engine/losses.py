@@ -3,8 +3,10 @@
 ``F.cross_entropy`` on a channels-last (N, C, H, W) tensor reduces over a strided dimension and keeps a
 full-size log-softmax for the backward pass; at batch 32 and 416x208x35 that tensor alone is 388 MB, and the
 loss took a quarter of a CPU training step. Here logits are read as (pixels, C) rows (contiguous for
-channels-last), in blocks that fit the cache, and the backward pass writes the gradient softmax - onehot
-directly. The result equals ``F.cross_entropy(logits, target, ignore_index=...)`` (mean over counted pixels).
+channels-last), in blocks that fit the cache: the forward pass takes a row-wise log-softmax of each block into
+one reused buffer and keeps only the picked values; the backward pass writes ``scale * (softmax - onehot)`` block
+by block straight into the gradient (a row-wise softmax kernel, then a scale and a scatter while the block is in
+the cache). The result equals ``F.cross_entropy(logits, target, ignore_index=...)`` (mean over counted pixels).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import torch
 from torch.nn import functional as F
 
 _BLOCK = 16384  # rows per block: 16384 x 35 floats = 2.3 MB
+_log_softmax_out = torch.ops.aten._log_softmax.out  # row-wise kernels that write into a given tensor
+_softmax_out = torch.ops.aten._softmax.out
 
 
 def _rows(logits: torch.Tensor) -> torch.Tensor:
@@ -27,29 +31,32 @@ class _PixelCrossEntropy(torch.autograd.Function):
         rows = _rows(logits.float() if logits.dtype != torch.float32 else logits)
         labels = target.reshape(-1)
         valid = labels != ignore_index
-        safe = torch.where(valid, labels, 0)
-        lse = torch.empty(rows.shape[0], dtype=torch.float32, device=rows.device)
+        safe = torch.where(valid, labels, 0)[:, None]
+        picked = torch.empty((rows.shape[0], 1), dtype=torch.float32, device=rows.device)
+        buffer = torch.empty((min(_BLOCK, rows.shape[0]), rows.shape[1]), dtype=torch.float32, device=rows.device)
         for start in range(0, rows.shape[0], _BLOCK):
-            lse[start:start + _BLOCK] = torch.logsumexp(rows[start:start + _BLOCK], dim=1)
-        picked = rows.gather(1, safe[:, None])[:, 0]
+            block = rows[start:start + _BLOCK]
+            log_probs = buffer[:block.shape[0]]
+            _log_softmax_out(block, 1, False, out=log_probs)
+            torch.gather(log_probs, 1, safe[start:start + _BLOCK], out=picked[start:start + _BLOCK])
         count = valid.sum().clamp_min(1)
-        loss = torch.where(valid, lse - picked, 0.0).sum() / count
-        ctx.save_for_backward(logits, lse, safe, valid, count)
+        loss = -torch.where(valid, picked[:, 0], 0.0).sum() / count
+        ctx.save_for_backward(logits, safe, valid, count)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
-        logits, lse, safe, valid, count = ctx.saved_tensors
+        logits, safe, valid, count = ctx.saved_tensors
         rows = _rows(logits)
-        scale = grad_loss / count
-        # log(scale * softmax) = z - (lse - log scale); pixels that are not counted get a zero gradient
-        shift = torch.where(valid, lse - torch.log(scale), torch.inf)[:, None]
+        # d loss / d z = scale * (softmax(z) - onehot) on counted pixels, zero on the others
+        weight = torch.where(valid, grad_loss / count, 0.0).to(logits.dtype)[:, None]
+        negative = -weight
         grad = torch.empty((rows.shape[0], rows.shape[1]), dtype=logits.dtype, device=rows.device)
         for start in range(0, rows.shape[0], _BLOCK):
             block = grad[start:start + _BLOCK]
-            torch.sub(rows[start:start + _BLOCK], shift[start:start + _BLOCK], out=block)
-            block.exp_()
-        grad.scatter_add_(1, safe[:, None], torch.where(valid, -scale, 0.0)[:, None].to(grad.dtype))
+            _softmax_out(rows[start:start + _BLOCK], 1, False, out=block)
+            block.mul_(weight[start:start + _BLOCK])
+            block.scatter_add_(1, safe[start:start + _BLOCK], negative[start:start + _BLOCK])
         n, c, h, w = logits.shape
         return grad.view(n, h, w, c).permute(0, 3, 1, 2), None, None
 

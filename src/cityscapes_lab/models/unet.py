@@ -30,6 +30,37 @@ def keras_he_normal_(weight: torch.Tensor, generator: torch.Generator | None = N
         return nn.init.trunc_normal_(weight, 0.0, std, -2 * std, 2 * std, generator=generator)
 
 
+class _UpsampleAdd(torch.autograd.Function):
+    """``F.interpolate(low, scale_factor=2) + skip`` (nearest) in one pass: ``low`` is read through a broadcast
+    view, so the upsampled tensor is never written; the backward pass is nearest upsampling's own."""
+
+    @staticmethod
+    def forward(ctx, low: torch.Tensor, skip: torch.Tensor, channels_last: bool) -> torch.Tensor:
+        n, c, h, w = low.shape
+        ctx.shape = low.shape
+        if channels_last:  # memory (N, H, W, C): split H and W of the skip into (h, 2) and (w, 2)
+            out = skip.permute(0, 2, 3, 1).view(n, h, 2, w, 2, c) + low.permute(0, 2, 3, 1)[:, :, None, :, None]
+            return out.view(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
+        out = skip.view(n, c, h, 2, w, 2) + low[:, :, :, None, :, None]
+        return out.view(n, c, 2 * h, 2 * w)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        n, c, h, w = ctx.shape
+        grad_low = torch.ops.aten.upsample_nearest2d_backward(grad, [2 * h, 2 * w], [n, c, h, w], 2.0, 2.0)
+        return grad_low, grad, None
+
+
+def upsample_add(low: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """Nearest x2 upsampling of ``low`` plus ``skip`` (Keras ``UpSampling2D`` then ``add``)."""
+    n, c, h, w = low.shape
+    if skip.shape == (n, c, 2 * h, 2 * w) and low.dtype == skip.dtype:
+        for layout in (torch.channels_last, torch.contiguous_format):
+            if low.is_contiguous(memory_format=layout) and skip.is_contiguous(memory_format=layout):
+                return _UpsampleAdd.apply(low, skip, layout is torch.channels_last)
+    return F.interpolate(low, scale_factor=2.0) + skip
+
+
 class ConvReLU(nn.Sequential):
     """Conv (bias, 'same' padding) followed by ReLU, as Keras Conv2D(activation='relu')."""
 
@@ -82,12 +113,13 @@ class UNetPaper(nn.Module):
         stage = checkpointed if recompute else (lambda fn, *inputs: fn(*inputs))
         # The registry contract: uint8, or float already in [0, 1]. The study's /255 stays inside (uint8 input,
         # as the study trains, gives the same numbers as before).
-        x = images.float() * (1.0 / 255.0) if images.dtype == torch.uint8 else images.float()
+        # uint8 -> float32 and the scaling in one pass (the same numbers as images.float() * (1 / 255))
+        x = torch.mul(images, 1.0 / 255.0) if images.dtype == torch.uint8 else images.float()
         skips = [stage(lambda a: self.encoder[0](self.stem(a)), x)]
         for block in self.encoder[1:]:
             skips.append(stage(lambda a, block=block: block(F.max_pool2d(a, 2)), skips[-1]))
         x = self.bottleneck(F.max_pool2d(skips[-1], 2))
         for merge, block, skip in zip(self.merge, self.decoder, reversed(skips)):
-            x = stage(lambda a, s, merge=merge, block=block: block(merge(F.interpolate(a, scale_factor=2.0) + s)),
+            x = stage(lambda a, s, merge=merge, block=block: block(merge(upsample_add(a, s))),
                       x, skip)
         return self.head(x).float()

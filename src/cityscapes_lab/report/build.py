@@ -19,7 +19,8 @@ from ..outputs import check_output_folder
 from ..study.keys import GroupKey, StudyLayout
 from ..study.store import ResultStore
 from .figures import generation_figure, picture_panel
-from .tables import collect, csv_text, evalnet_markdown, is_helper, markdown, pseudo_label_markdown
+from .tables import (collect, csv_text, evalnet_markdown, failures_markdown, is_helper, markdown,
+                     pseudo_label_markdown)
 
 STAND_IN_NOTE = ("Data: generated stand-ins in the Cityscapes format, not Cityscapes. These numbers show that the "
                  "pipeline works and say nothing about Cityscapes.")
@@ -66,6 +67,7 @@ def write_report(runs: Path, *, panel_images: int = 3) -> ReportFiles:
         protocol = store.get_meta("protocol")
         panel_models = _panel_models(store, layout)
         evalnet_table = evalnet_markdown(store)
+        failures = failures_markdown(store)
     layout.report.mkdir(parents=True, exist_ok=True)
     note = STAND_IN_NOTE if stand_in else "Data: the Cityscapes download."
     header = (f"# Results of {Path(runs).name}\n\nProtocol: {protocol}. {note}\n\n"
@@ -82,6 +84,8 @@ def write_report(runs: Path, *, panel_images: int = 3) -> ReportFiles:
                  "(pixels, and share of the image) on each split.\n\n" + pseudo_table)
     if evalnet_table:
         body += "\n## EvalNets\n\n" + evalnet_table
+    if failures:
+        body += "\n## Failed trainings\n\nNot in the figures above; the reason each one stopped.\n\n" + failures
     atomic.write_text(files.table_md, body)
     atomic.write_text(files.table_csv, csv_text(rows))
     title = f"{Path(runs).name}: {protocol} protocol" + (" (stand-in data, not Cityscapes)" if stand_in else "")

@@ -72,6 +72,13 @@ def evalnet_markdown(store: ResultStore) -> str:
             "|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n")
 
 
+def failures_markdown(store: ResultStore) -> str:
+    """Every failed training with its reason (empty when none failed)."""
+    rows = [f"| {row.key} | {(row.error or 'unknown').replace('|', '/')} |" for row in store.trainings()
+            if row.status == "failed"]
+    return "| training | reason |\n|---|---|\n" + "\n".join(rows) + "\n" if rows else ""
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     values = [v for v in values if not math.isnan(v)]
     if not values:

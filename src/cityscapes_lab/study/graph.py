@@ -88,6 +88,8 @@ def run_plan(plan: Plan, ctx: Any, executor: Any, fail_training: Callable[[Any, 
                 waiting.remove(node)
                 started = True
                 blocked = next((failed[d] for d in node.after if d in failed and node.kind != "rank"), None)
+                if node.kind == "rank" and node.after and all(d in failed for d in node.after):
+                    blocked = f"every training of {node.group} failed ({failed[node.after[0]]})"
                 if blocked is not None:
                     finish(node, blocked)
                 elif node.finished(ctx):

@@ -1,0 +1,199 @@
+"""The study on its executors: the same scores serially, on 2 local processes and on Ray; kills of the driver and
+of a Ray worker; a step that fails for good; two drivers on one folder; the plan."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from cityscapes_lab.config import load_config
+from cityscapes_lab.errors import ConfigError, DataError
+from cityscapes_lab.semisup.study import run_study
+from cityscapes_lab.study.store import ResultStore
+
+# LDT and two IM generations: baselines, pseudo-labelling, generations, rankings (threads fixed: on the CPU the
+# thread count changes the rounding, and the executors give each task its share of the cores)
+TINY = ["study.runs=1", "study.models=2", "study.top_k=2", "train.epochs=2", "train.batch_size=2", "train.threads=1",
+        "semisup.students=2", "semisup.generations=2", "semisup.n=2", "study.eval_splits=val"]
+
+
+def scores(folder) -> dict:
+    with ResultStore(folder / "results.sqlite") as store:
+        return {row.key: (row.status, store.scores(row.key)) for row in store.trainings()}
+
+
+@pytest.fixture(scope="module")
+def serial_scores(tiny_paper, tmp_path_factory):
+    out = tmp_path_factory.mktemp("serial") / "study"
+    summary = run_study(tiny_paper, out, ["im"], load_config(overrides=TINY), show_progress=False)
+    assert (summary.trained, summary.failed) == (6, 0)
+    return scores(out)
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    yield ray
+    ray.shutdown()
+
+
+def test_local_processes_give_the_serial_scores(tiny_paper, tmp_path, serial_scores):
+    summary = run_study(tiny_paper, tmp_path / "study", ["im"], load_config(overrides=TINY), show_progress=False,
+                        executor="local", parallel=2)
+    assert (summary.trained, summary.failed) == (6, 0)
+    assert scores(tmp_path / "study") == serial_scores
+
+
+def test_ray_gives_the_serial_scores_and_retries_a_killed_worker(tiny_paper, tmp_path, serial_scores, ray_instance):
+    """A Ray worker killed (kill -9) during a training: Ray runs the task again, it resumes from its last epoch
+    checkpoint, and the study ends with the scores of the serial one."""
+    settings = TINY + ["train.epochs=6"]  # long enough to be caught between two epochs
+    out = tmp_path / "study"
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(summary=run_study(
+        tiny_paper, out, ["ldt"], load_config(overrides=settings), show_progress=False, executor="ray")))
+    thread.start()
+    victim, deadline = None, time.time() + 120
+    while victim is None and time.time() < deadline and thread.is_alive():
+        for folder in sorted((out / "models").glob("ldt/run1/gen0/m*")) if (out / "models").exists() else []:
+            if (folder / "last.pt").exists() and (folder / "worker.json").exists():
+                victim = folder
+                break
+        time.sleep(0.02)
+    assert victim is not None, "no training reached its first epoch checkpoint"
+    first = json.loads((victim / "worker.json").read_text())["pid"]
+    os.kill(first, signal.SIGKILL)
+    thread.join(300)
+    assert outcome["summary"].failed == 0
+    assert json.loads((victim / "worker.json").read_text())["pid"] != first  # run again by another worker
+    clean = tmp_path / "clean"
+    run_study(tiny_paper, clean, ["ldt"], load_config(overrides=settings), show_progress=False)
+    assert scores(out) == scores(clean)
+    history = (victim / "history.csv").read_text().splitlines()
+    assert len(history) == 1 + 6
+    third = tmp_path / "ray-im"
+    run_study(tiny_paper, third, ["im"], load_config(overrides=TINY), show_progress=False, executor="ray")
+    assert scores(third) == serial_scores
+
+
+def test_driver_killed_while_two_tasks_run_then_continued(tiny_paper, tmp_path):
+    """kill -9 of the driver while its two local workers train: the workers die with it; the same command
+    continues (finished trainings are kept, interrupted ones resume) and ends with a clean study's scores."""
+    settings = TINY + ["train.epochs=8"]
+    out = tmp_path / "study"
+    command = [sys.executable, "-m", "cityscapes_lab", "study", "--data", str(tiny_paper), "--out", str(out),
+               "--approaches", "ldt", "--executor", "local", "--parallel", "2"]
+    command += [x for s in settings for x in ("--set", s)]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and driver.poll() is None:  # both trainings run, one has an epoch checkpoint
+        members = list(out.glob("models/ldt/run1/gen0/m*"))
+        if len([m for m in members if (m / "worker.json").exists()]) == 2 and any(
+                (m / "last.pt").exists() for m in members):
+            break
+        time.sleep(0.01)
+    driver.kill()
+    driver.wait()
+    workers = [json.loads(p.read_text())["pid"] for p in out.glob("models/ldt/run1/gen0/m*/worker.json")]
+    time.sleep(1)
+    assert len(workers) == 2 and not [pid for pid in workers if _alive(pid)]  # they died with their driver
+    with ResultStore(out / "results.sqlite") as store:
+        assert [row.status for row in store.trainings()] == ["running", "running"]
+    again = subprocess.run(command, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    clean = tmp_path / "clean"
+    run_study(tiny_paper, clean, ["ldt"], load_config(overrides=settings), show_progress=False)
+    assert scores(out) == scores(clean)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_step_that_fails_for_good_fails_its_trainings_and_the_study_goes_on(tiny_paper, tmp_path, monkeypatch):
+    """The pseudo-labelling of IM's first generation meets a corrupt input: that generation's students (and the
+    next generation, which waits for it) are recorded as failed with the reason, the rest is finished, and the
+    report lists what failed."""
+    from cityscapes_lab.report import write_report
+    from cityscapes_lab.semisup import tasks
+
+    def corrupt(task):
+        raise DataError(f"{task.teachers[0]}: not a readable PyTorch checkpoint (truncated); write it again")
+
+    monkeypatch.setattr(tasks.SetTask, "run", corrupt)
+    summary = run_study(tiny_paper, tmp_path / "study", ["im"], load_config(overrides=TINY), show_progress=False)
+    assert (summary.trained, summary.failed) == (6, 4)
+    statuses = {key: status for key, (status, _) in scores(tmp_path / "study").items()}
+    assert [k for k, s in statuses.items() if s == "done"] == ["ldt/run1/gen0/m00", "ldt/run1/gen0/m01"]
+    with ResultStore(tmp_path / "study" / "results.sqlite") as store:
+        errors = {row.error for row in store.trainings() if row.status == "failed"}
+    assert len(errors) == 2 and all("not a readable PyTorch checkpoint" in error for error in errors)
+    assert any(error.startswith("every training of im/run1/n2/gen0 failed") for error in errors)
+    report = write_report(tmp_path / "study").table_md.read_text()
+    assert "## Failed trainings" in report and "im/run1/n2/gen0/m00 | " in report
+
+
+def test_a_second_driver_on_the_same_folder_is_refused(tiny_paper, tmp_path):
+    out = tmp_path / "study"
+    command = [sys.executable, "-m", "cityscapes_lab", "study", "--data", str(tiny_paper), "--out", str(out),
+               "--approaches", "ldt"] + [x for s in TINY + ["train.epochs=20"] for x in ("--set", s)]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not (out / "results.sqlite").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        second = subprocess.run(command, capture_output=True, text=True)
+        assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
+        assert f"another study driver is running on this folder (pid {first.pid}" in second.stderr
+    finally:
+        first.kill()
+        first.wait()
+    assert (out / "results.sqlite").exists()
+
+
+def test_the_plan_counts_the_study_and_estimates_its_time(tiny_paper, tmp_path, capsys):
+    from cityscapes_lab.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["study", "--data", str(tiny_paper), "--out", str(tmp_path / "planned"), "--approaches", "im",
+              "--plan", "--throughput", "100", "--executor", "local", "--parallel", "2", *sum(
+                  [["--set", s] for s in TINY], [])])
+    assert exited.value.code == 0
+    printed = capsys.readouterr().out
+    assert not (tmp_path / "planned").exists()  # nothing trained, nothing written
+    # LDT: 2 trainings + rank; IM: per generation a set, 2 students and a rank
+    assert "11 tasks (3 rank, 2 set, 6 train); 6 trainings" in printed
+    assert "| im | 1 | 2 | 2 | 4 | 2 |" in printed and "at 100.0 images/s per training (given)" in printed
+    assert "--executor local --parallel 2" in printed
+
+
+def test_the_full_study_plan(tiny_paper, tmp_path, capsys):
+    """The study the README promises: 3 runs of the baselines and every approach over 5 generations."""
+    from cityscapes_lab.cli import main
+
+    approaches = "fdt,ldt,aldt,cl,me,ie,ns,im,evalnet,im+,im++,aim+,aim++"
+    with pytest.raises(SystemExit):
+        main(["study", "--data", str(tiny_paper), "--out", str(tmp_path / "full"), "--approaches", approaches,
+              "--plan", "--throughput", "10", "--set", "study.models=10", "--set", "study.top_k=4"])
+    printed = capsys.readouterr().out
+    trainings = int(printed.split(" trainings; ")[0].rsplit("; ", 1)[1])
+    # 3 runs x (3 baselines x 10 models + cl 3 x 5 + 9 approaches x n values x 5 generations x 5 students)
+    # + 3 runs x 5 EvalNets for each of evalnet, im++, aim++
+    generations = 3 + 3 + 1 + 3 + 3 + 1 + 1 + 3 + 1  # n values of me, ie, ns, im, evalnet, im+, im++, aim+, aim++
+    assert trainings == 3 * (30 + 3 * 5 + generations * 5 * 5) + 3 * 3 * 5
+
+
+def test_unknown_executor_is_refused(tiny_paper, tmp_path):
+    with pytest.raises(ConfigError, match="--executor 'cluster'"):
+        run_study(tiny_paper, tmp_path / "s", ["ldt"], load_config(overrides=TINY), executor="cluster")
+    assert not (tmp_path / "s").exists()
