@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# The checks and measurements that need a CUDA device, in one command (under 8 minutes), run from anywhere after
+# `./run.sh test` installed .venv:
+#
+#   bash benchmarks/gpu_check.sh
+#
+# Stages, each with its own time limit (cut to what is left of the whole budget, GPU_CHECK_BUDGET seconds,
+# default 450), each run even when an earlier one failed:
+#   1. pytest -m gpu                      the CUDA-only tests
+#   2. study                              a tiny study end to end on cuda (synth, prepare, study --executor local
+#                                         --parallel 2, report), from the command line
+#   3. train_step                         benchmarks/train_step.py --steps 5 on cuda
+#   4. zoo                                hrnet_w48_ocr and upernet_internimage_l at 1024x2048, fp32 against bf16:
+#                                         time, peak memory, share of pixels whose class differs
+#   5. concurrent trainings               benchmarks/study_throughput.py --device cuda --parallel 1,2,4,8
+# Then one table (stage, what, result, status) is printed and appended to benchmarks/RESULTS.md with the device
+# name. Without a CUDA device it prints one line and exits 0. The logs stay in a folder under /tmp (named in
+# the table's notes).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+PY=.venv/bin/python
+if [ ! -x "$PY" ]; then
+  echo "gpu_check: no .venv here; run ./run.sh test first"
+  exit 2
+fi
+if [ "$("$PY" -c 'import torch; print(torch.cuda.is_available())' 2>/dev/null)" != "True" ]; then
+  echo "gpu_check: no CUDA device (torch.cuda.is_available() is False); nothing to check"
+  exit 0
+fi
+
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0
+BUDGET=${GPU_CHECK_BUDGET:-450}
+START=$SECONDS
+WORK=$(mktemp -d /tmp/gpu-check.XXXXXX)
+CACHE=.bench
+mkdir -p "$CACHE"
+: > "$WORK/stages.tsv"
+DEVICE_NAME=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
+DEVICE_NAME=${DEVICE_NAME:-$("$PY" -c 'import torch; print(torch.cuda.get_device_name(0))' 2>/dev/null || echo "unknown GPU")}
+echo "gpu_check on $DEVICE_NAME; logs in $WORK"
+export PY WORK
+
+# stage NAME WANTED_SECONDS DATA_FILE COMMAND...: run COMMAND with a time limit of WANTED_SECONDS or what is left
+# of the budget (keeping 15 s for the summary), its output in $WORK/NAME.log, one line in stages.tsv
+# (name, exit status, seconds, log, data file, limit); exit status 125: skipped for lack of time
+stage() {
+  local name=$1 wanted=$2 data=$3
+  shift 3
+  local log="$WORK/${name// /_}.log" left=$((BUDGET - (SECONDS - START) - 15)) limit rc began
+  limit=$((wanted < left ? wanted : left))
+  if [ "$limit" -lt 10 ]; then
+    echo "skipped: the time budget of ${BUDGET} s is spent" > "$log"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" 125 0 "$log" "" 0 >> "$WORK/stages.tsv"
+    echo "[$name] skipped (no time left)"
+    return
+  fi
+  echo "[$name] limit ${limit} s ..."
+  began=$SECONDS
+  timeout --kill-after=5 "$limit" "$@" > "$log" 2>&1
+  rc=$?
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - began))" "$log" "$data" "$limit" \
+    >> "$WORK/stages.tsv"
+  echo "[$name] exit $rc after $((SECONDS - began)) s"
+}
+
+# 1. the CUDA-only tests
+pytest_gpu() {
+  "$PY" -m pytest -m gpu -q -p no:cacheprovider tests || return $?
+}
+export -f pytest_gpu
+stage "pytest -m gpu" 60 "" bash -c pytest_gpu
+
+# 2. a tiny study end to end on cuda, two trainings at once on the device
+tiny_study() {
+  local cli=.venv/bin/cityscapes-lab dir="$WORK/study"
+  "$cli" synth "$dir/raw" --train 48 --val 8 --test 4 --size 1024x512 --seed 0 || return $?
+  "$cli" prepare --raw "$dir/raw" --out "$dir/prepared" --protocol paper --labeled-fraction 0.25 || return $?
+  "$cli" study --data "$dir/prepared" --out "$dir/runs" --approaches ldt,im --runs 1 --models 2 \
+    --set train.device=cuda --set train.epochs=2 --set train.batch_size=8 --set semisup.students=2 \
+    --set semisup.generations=1 --set semisup.n=2 --executor local --parallel 2 || return $?
+  "$cli" report "$dir/runs" || return $?
+  "$PY" - "$dir/runs" "$WORK/study.json" <<'EOF'
+import json, sqlite3, sys
+from pathlib import Path
+runs, out = Path(sys.argv[1]), Path(sys.argv[2])
+db = sqlite3.connect(runs / "results.sqlite")
+status = dict(db.execute("SELECT status, COUNT(*) FROM trainings GROUP BY status").fetchall())
+miou = db.execute("SELECT AVG(value) FROM scores WHERE split = 'val' AND metric = 'miou'").fetchone()[0]
+report = sorted(p.name for p in (runs / "report").glob("*")) if (runs / "report").exists() else []
+rows = [{"what": "synth 48+8+4 at 1024x512, prepare (paper), study LDT + IM, --executor local --parallel 2, report",
+         "result": f"trainings: {', '.join(f'{v} {k}' for k, v in sorted(status.items()))}; mean val mIoU {miou if miou is None else round(miou, 4)}; "
+                   f"report: {', '.join(report) or 'none'}"}]
+out.write_text(json.dumps({"rows": rows}))
+sys.exit(0 if status.get("done", 0) and not status.get("failed") and report else 1)
+EOF
+}
+export -f tiny_study
+stage "study (cuda, local x2)" 80 "$WORK/study.json" bash -c tiny_study
+
+# 3. the training step, run from a scratch copy of benchmarks/ so that its own table lands in a scratch
+#    RESULTS.md (read into the summary) rather than in the repository's
+mkdir -p "$WORK/bench"
+cp benchmarks/*.py "$WORK/bench/"
+stage "train_step" 120 "$WORK/bench/RESULTS.md" "$PY" "$WORK/bench/train_step.py" --steps 5
+
+# 4. the zoo at 1024x2048: fp32 against bf16
+stage "zoo fp32 vs bf16" 80 "$WORK/zoo.json" "$PY" benchmarks/gpu_concurrent.py zoo \
+  --models hrnet_w48_ocr,upernet_internimage_l --size 1024x2048 --repeats 3 --cache "$CACHE" --json "$WORK/zoo.json"
+
+# 5. concurrent trainings sharing the device (the rest of the budget, at most 240 s)
+stage "concurrent trainings" 240 "$WORK/throughput.json" "$PY" benchmarks/study_throughput.py --device cuda \
+  --parallel 1,2,4,8 --cache "$CACHE" --json "$WORK/throughput.json" --no-record
+
+"$PY" benchmarks/gpu_concurrent.py summary "$WORK" --device-name "$DEVICE_NAME"
+echo "gpu_check: done in $((SECONDS - START)) s"

@@ -1,0 +1,254 @@
+"""Study throughput: one fixed small study (LDT + IM) run on each executor side by side, trainings per hour.
+
+The study: 1 run, 4 LDT models, IM (n = 2) with 2 students over 2 generations (8 trainings), on generated
+stand-in data (cached in .bench/). On the CPU it runs with the serial executor, the local executor
+(--parallel, default 2 processes) and Ray (a local instance started here on 127.0.0.1 and shut down after), all
+with the same train.threads (default 1), because on the CPU the torch thread count changes the rounding of the
+results: only then can the three results databases be compared score for score. A reference row runs the
+serial executor with all cores (the default thread count), whose scores differ in the last digits.
+
+On a GPU (--device cuda) it runs the local executor once per --parallel value (e.g. 1,2,4,8 concurrent
+trainings sharing the device) on LDT models alone (as many as the largest value, so every level runs full) and
+reports trainings per hour for each, and whether NVIDIA MPS is on.
+
+    python benchmarks/study_throughput.py [--executors serial,local,ray,serial-all] [--parallel 2]
+    python benchmarks/study_throughput.py --device cuda --parallel 1,2,4,8 [--json rows.json] [--no-record]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from results import markdown_table, record  # noqa: E402
+
+import cityscapes_lab  # noqa: E402
+from cityscapes_lab.config import load_config  # noqa: E402
+from cityscapes_lab.engine.runtime import busy_elsewhere, usable_cores  # noqa: E402
+from cityscapes_lab.semisup.study import run_study  # noqa: E402
+
+CPU_EXECUTORS = ("serial", "local", "ray", "serial-all")
+
+
+def stand_in_data(cache: Path, train: int, val: int, size: tuple[int, int], workers: int) -> Path:
+    """Prepared paper-protocol stand-in data (generated once, reused from the cache)."""
+    width, height = size
+    raw = cache / f"study-throughput-raw-{width}x{height}-{train}-{val}"
+    prepared = raw.with_name(raw.name.replace("-raw-", "-prepared-"))
+    cityscapes_lab.synthesize(raw, cityscapes_lab.SynthOptions(
+        counts={"train": train, "val": val, "test": 0, "train_extra": 0}, width=width, height=height, seed=0),
+        workers=workers)
+    if not (prepared / "meta.json").exists():
+        cityscapes_lab.prepare(raw, prepared, cityscapes_lab.PrepareOptions(protocol="paper", labeled_fraction=0.25),
+                               workers=workers)
+    return prepared
+
+
+def scores_of(database: Path) -> dict[tuple, float | None]:
+    """Every score and ranking entry of a results database, keyed so that two databases can be compared."""
+    db = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        entries = {("score", *row[:3]): row[3] for row in db.execute(
+            "SELECT key, split, metric, value FROM scores ORDER BY key, split, metric")}
+        entries.update({("rank", grp, rank): (key, score) for grp, rank, key, score in db.execute(
+            "SELECT grp, rank, key, score FROM ranking")})
+        return entries
+    finally:
+        db.close()
+
+
+def training_seconds(database: Path) -> list[float]:
+    db = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        return [row[0] for row in db.execute("SELECT seconds FROM trainings WHERE status = 'done'")]
+    finally:
+        db.close()
+
+
+def compare(reference: dict, other: dict) -> str:
+    if reference == other:
+        return f"identical ({sum(k[0] == 'score' for k in reference)} scores)"
+    if set(reference) != set(other):
+        return f"differ: {len(set(reference) ^ set(other))} entries in one only"
+    worst = 0.0
+    for key, value in reference.items():
+        theirs = other[key]
+        if key[0] == "rank":
+            value, theirs = value[1], theirs[1]
+        if value is None or theirs is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        worst = max(worst, abs(value - theirs))
+    changed = sum(reference[k] != other[k] for k in reference)
+    return f"differ: {changed} entries, largest difference {worst:.2e}"
+
+
+def mps_state() -> str:
+    """Whether NVIDIA MPS is on: the nvidia-smi query, or the client's pipe directory variable."""
+    notes = []
+    if os.environ.get("CUDA_MPS_PIPE_DIRECTORY"):
+        notes.append(f"CUDA_MPS_PIPE_DIRECTORY={os.environ['CUDA_MPS_PIPE_DIRECTORY']}")
+    try:
+        query = subprocess.run(["nvidia-smi", "-q"], capture_output=True, text=True, timeout=30).stdout
+        lines = sorted({" ".join(line.split()) for line in query.splitlines() if "mps" in line.lower()})
+        notes.append("nvidia-smi -q: " + ("; ".join(lines) if lines else "no MPS line"))
+    except (OSError, subprocess.SubprocessError):
+        notes.append("nvidia-smi not available")
+    return ", ".join(notes)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--executors", default=None,
+                        help=f"cpu: comma-separated of {', '.join(CPU_EXECUTORS)} [default: all]; cuda: local only")
+    parser.add_argument("--parallel", default=None,
+                        help="processes of the local executor; on cuda a list, e.g. 1,2,4,8 [default: cpu 2, cuda 1,2,4,8]")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="train.threads of every training [default: cpu 1; cuda the cores / largest --parallel]")
+    parser.add_argument("--train", type=int, default=None, help="stand-in train images [default: cpu 160, cuda 256]")
+    parser.add_argument("--val", type=int, default=16)
+    parser.add_argument("--size", default=None, help="stand-in WIDTHxHEIGHT [default: cpu 512x256, cuda 2048x1024]")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per training [default: cpu 6, cuda 10]")
+    parser.add_argument("--batch", type=int, default=None, help="train.batch_size [default: cpu 8, cuda 32]")
+    parser.add_argument("--cache", type=Path, default=Path(__file__).parents[1] / ".bench")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows and notes as JSON here")
+    parser.add_argument("--no-record", action="store_true", help="print the table, do not append it to RESULTS.md")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a time limit: clean up as after Ctrl-C
+    cuda = args.device == "cuda"
+    if cuda:
+        import torch
+
+        if not torch.cuda.is_available():
+            sys.exit("--device cuda: no CUDA device here")
+    cores = usable_cores()
+    levels = [int(p) for p in (args.parallel or ("1,2,4,8" if cuda else "2")).split(",")]
+    if cuda:
+        executors = [f"local:{p}" for p in levels]
+    else:
+        wanted = (args.executors or ",".join(CPU_EXECUTORS)).split(",")
+        unknown = [e for e in wanted if e not in CPU_EXECUTORS]
+        if unknown:
+            parser.error(f"--executors: unknown {', '.join(unknown)}; choose from {', '.join(CPU_EXECUTORS)}")
+        executors = [f"local:{levels[0]}" if e == "local" else e for e in wanted]
+    threads = args.threads or (max(1, cores // max(levels)) if cuda else 1)
+    train = args.train or (256 if cuda else 160)
+    width, height = map(int, (args.size or ("2048x1024" if cuda else "512x256")).lower().split("x"))
+    epochs = args.epochs or (10 if cuda else 6)
+    batch = args.batch or (32 if cuda else 8)
+    approaches = ["ldt"] if cuda else ["ldt", "im"]
+    models = max(levels) if cuda else 4
+    common = ["study.runs=1", f"study.models={models}", f"train.epochs={epochs}", f"train.batch_size={batch}",
+              f"train.device={args.device}"]
+    if not cuda:
+        common += ["semisup.students=2", "semisup.generations=2", "semisup.n=2", "train.precision=fp32"]
+
+    start = time.perf_counter()
+    data = stand_in_data(args.cache, train, args.val, (width, height), workers=cores)
+    print(f"stand-in data ready in {data} ({time.perf_counter() - start:.1f} s)", flush=True)
+
+    rows, results, notes = [], {}, []
+    baseline_rate = None
+    reference_scores = None
+    ray_started = None
+    work = Path(tempfile.mkdtemp(prefix="study-throughput-"))
+    try:
+        for name in executors:
+            executor, _, parallel = name.partition(":")
+            parallel = int(parallel or 1)
+            run_threads = cores if name == "serial-all" else threads
+            config = load_config(overrides=common + [f"train.threads={run_threads}"])
+            out = work / name.replace(":", "-")
+            if executor == "ray":
+                import ray
+
+                os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+                began = time.perf_counter()
+                ray.init(num_cpus=cores, num_gpus=0, include_dashboard=False, log_to_driver=False,
+                         _node_ip_address="127.0.0.1")
+                ray_started = time.perf_counter() - began
+            if executor == "serial-all":
+                executor = "serial"
+            label = {"serial": "serial", "local": f"local --parallel {parallel}",
+                     "ray": f"ray (local instance, {cores} CPUs, 1 CPU per task)"}[executor]
+            if name == "serial-all":
+                label = "serial, all cores (reference)"
+            others = busy_elsewhere(samples=20, interval=0.05)
+            print(f"running {label} with train.threads={run_threads} ({others} cores busy elsewhere) ...",
+                  flush=True)
+            began = time.perf_counter()
+            try:
+                summary = run_study(data, out, approaches, config, show_progress=False, executor=executor,
+                                    parallel=parallel)
+            finally:
+                if executor == "ray":
+                    import ray
+
+                    ray.shutdown()
+            seconds = time.perf_counter() - began
+            rate = summary.trained / seconds * 3600
+            database = out / "results.sqlite"
+            scores = scores_of(database)
+            per_training = training_seconds(database)
+            if baseline_rate is None:
+                baseline_rate = rate
+                reference_scores = scores
+                same = "(the reference)"
+            else:
+                same = compare(reference_scores, scores)
+            results[label] = same
+            rows.append([label, run_threads, f"{summary.trained} done, {summary.failed} failed", f"{seconds:.1f}",
+                         f"{rate:.0f}", f"{rate / baseline_rate:.2f}x",
+                         f"{statistics.median(per_training):.1f}" if per_training else "-", others, same])
+            print(rows[-1], flush=True)
+            shutil.rmtree(out, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    header = ["executor", "train.threads", "trainings", "wall s", "trainings / hour", "vs first row",
+              "median s per training", "cores busy elsewhere at start", "scores vs first row"]
+    what = ("LDT, 1 run, %d models" % models) if cuda else \
+        "LDT + IM (n = 2), 1 run, 4 LDT models, 2 students x 2 generations"
+    notes.append(f"{what}: {epochs} epochs, batch {batch}, {args.device}, "
+                 f"{'precision auto (bf16 autocast)' if cuda else 'fp32'}; stand-in data {width}x{height} -> paper "
+                 f"protocol, {train} train (a quarter labeled), {args.val} val; wall time of run_study, worker "
+                 "start-up included; one measurement per row.")
+    notes.append("scores compared: every row of the scores and ranking tables of results.sqlite, exactly; "
+                 + "; ".join(f"{k}: {v}" for k, v in results.items() if v != "(the reference)") + ".")
+    if not cuda:
+        notes.append("the same train.threads in every row but the reference, because the CPU thread count changes "
+                     "the rounding of results (the reference row shows by how much); with 1 thread the serial "
+                     f"executor uses 1 of the {cores} cores.")
+    if ray_started is not None:
+        notes.append(f"ray.init of the local instance (127.0.0.1, not counted in the row): {ray_started:.1f} s; "
+                     f"ray {__import__('ray').__version__}.")
+    if cuda:
+        notes.append(f"MPS: {mps_state()}.")
+    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
+    if load:
+        notes.append(f"load average at the end: {' '.join(load)}.")
+    title = ("study_throughput: concurrent trainings sharing one GPU (local executor)" if cuda
+             else "study_throughput: the study on the serial, local and Ray executors")
+    table = markdown_table(header, rows)
+    if args.json:
+        args.json.write_text(json.dumps({"title": title, "header": header, "rows": rows, "notes": notes}, indent=1))
+    if args.no_record:
+        print(f"## {title}\n\n{table}\n\n" + "".join(f"- {n}\n" for n in notes))
+    else:
+        record(title, table, notes)
+
+
+if __name__ == "__main__":
+    main()
