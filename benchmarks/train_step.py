@@ -1,11 +1,26 @@
 """Training step of the study's U-Net (batch 32, 416x208, 35 classes, AdamW): images per second.
 
-Side by side in one run: a plain PyTorch port (NCHW, F.cross_entropy), cityscapes-lab's step (channels-last
-end to end, the blocked cross-entropy), compiled, and with bf16 autocast; the study's own Keras model when a
-Python with tensorflow-cpu is given (--keras-python, e.g. a venv from requirements-peer.txt); on a GPU, bf16 and
-peak GPU memory. --memory also measures the peak memory of whole paper-protocol trainings at the study's sizes.
+Side by side in one run: the study's original code (the peer, below), a plain PyTorch port (NCHW,
+F.cross_entropy), cityscapes-lab's step (channels-last end to end, the blocked cross-entropy), compiled, and with
+bf16 autocast; on a GPU, bf16 and peak GPU memory. ``--rounds`` repeats the whole set, alternating the order,
+and every row is the median of its rounds (each round: the median of ``--steps`` steps after 2 warm-up steps).
+Both sides use the same number of threads: PyTorch's intra-op threads = the CPUs of this process, passed to the
+peer as TensorFlow's intra-op threads. --memory also measures the peak memory of whole paper-protocol trainings
+at the study's sizes.
 
-    python benchmarks/train_step.py [--steps 5] [--keras-python .venv-peer/bin/python] [--memory]
+The peer is the study's own code run as it is (benchmarks/keras_peer.py): the original repository's
+``unet.get_unet`` and ``functions.train_multiclass`` (Keras 2, tensorflow-addons AdamW, CategoricalCrossentropy,
+its metrics and tf.data pipeline), in its own Python environment. Set it up once:
+
+    git clone https://github.com/MichaelVorndran/InconsistencyMasks /work/peer/InconsistencyMasks
+    python3.11 -m venv .venv-peer && .venv-peer/bin/pip install -r requirements-peer.txt
+
+(tensorflow-addons supports TensorFlow <= 2.15, which needs Python 3.9-3.11), then
+
+    python benchmarks/train_step.py [--steps 5] [--rounds 3] [--alphas 1]
+        [--keras-python .venv-peer/bin/python --original /work/peer/InconsistencyMasks] [--memory]
+
+``--original`` defaults to the environment variable IM_ORIGINAL.
 """
 
 from __future__ import annotations
@@ -20,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import cityscapes_lab  # noqa: F401  (first: it sets THP_MEM_ALLOC_ENABLE, which PyTorch reads once, as training does)
 import numpy as np
 import torch
 from torch.nn import functional as F
@@ -78,14 +94,19 @@ def step_speed(alpha: float, batch: int, steps: int, device: torch.device, chann
     return batch / statistics.median(times), peak
 
 
-def keras_speed(python: str, alpha: float, batch: int, steps: int) -> float | None:
+PEER = "the study's original code (Keras, tensorflow-cpu, fp32)"
+
+
+def keras_speed(python: str, original: str, alpha: float, batch: int, steps: int) -> dict | None:
+    """The peer's JSON line (images_per_s, framework, threads...), or None when it failed."""
     script = Path(__file__).with_name("keras_peer.py")
-    result = subprocess.run([python, str(script), "--alpha", str(alpha), "--batch", str(batch), "--steps",
-                             str(steps), "--threads", str(torch.get_num_threads())], capture_output=True, text=True)
+    result = subprocess.run([python, str(script), "--original", original, "--alpha", str(alpha), "--batch",
+                             str(batch), "--steps", str(steps), "--threads", str(torch.get_num_threads())],
+                            capture_output=True, text=True)
     if result.returncode != 0:
-        print(f"keras peer failed: {result.stderr[-500:]}", file=sys.stderr)
+        print(f"keras peer failed: {result.stderr[-1500:]}", file=sys.stderr)
         return None
-    return json.loads(result.stdout.strip().splitlines()[-1])["images_per_s"]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 MEMORY_SCRIPT = """
@@ -136,30 +157,55 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--alphas", default="1,2")
-    parser.add_argument("--keras-python", default=None, help="a Python with tensorflow-cpu for the Keras peer")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; each row is their median")
+    parser.add_argument("--keras-python", default=None,
+                        help="the peer's Python (a venv from requirements-peer.txt) to time the study's original code")
+    parser.add_argument("--original", default=os.environ.get("IM_ORIGINAL"),
+                        help="checkout of the study's repository for the peer (default: $IM_ORIGINAL)")
     parser.add_argument("--skip-compile", action="store_true")
     parser.add_argument("--memory", action="store_true", help="also measure peak memory of whole trainings")
     parser.add_argument("--memory-only", action="store_true", help="only measure the memory of whole trainings")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    rows, notes = [], []
+    if args.keras_python and not args.original:
+        parser.error("--keras-python needs --original (or IM_ORIGINAL): the study's repository")
+    rows, notes, peer_info = [], [], None
     for alpha in ([] if args.memory_only else [float(a) for a in args.alphas.split(",")]):
-        keras = keras_speed(args.keras_python, alpha, args.batch, args.steps) if args.keras_python else None
-        reference = keras
-        if keras is not None:
-            rows.append(["study's Keras model (tensorflow-cpu, fp32)", alpha, f"{keras:.2f}", "1.00x", "-"])
-        for name, (channels_last, our_loss, compiled, dtype) in VARIANTS.items():
-            if compiled and args.skip_compile:
-                continue
-            speed, peak = step_speed(alpha, args.batch, args.steps, device, channels_last, our_loss, compiled, dtype)
-            reference = reference or speed
+        names = ([PEER] if args.keras_python else []) + [name for name, (_, _, compiled, _) in VARIANTS.items()
+                                                         if not (compiled and args.skip_compile)]
+        speeds: dict[str, list[float]] = {name: [] for name in names}
+        peaks: dict[str, list[float]] = {name: [] for name in names}
+        for round_ in range(args.rounds):
+            for name in (names if round_ % 2 == 0 else names[::-1]):
+                if name == PEER:
+                    peer_info = keras_speed(args.keras_python, args.original, alpha, args.batch, args.steps)
+                    if peer_info is not None:
+                        speeds[name].append(peer_info["images_per_s"])
+                    continue
+                speed, peak = step_speed(alpha, args.batch, args.steps, device, *VARIANTS[name])
+                speeds[name].append(speed)
+                peaks[name].append(peak)
+                print(f"round {round_ + 1}: {name}, alpha {alpha}: {speed:.2f} images/s", flush=True)
+        medians = {name: statistics.median(v) for name, v in speeds.items() if v}
+        reference = medians.get(PEER) or next(iter(medians.values()))
+        for name, speed in medians.items():
+            peak = max(peaks[name]) if peaks[name] else float("nan")
             rows.append([name, alpha, f"{speed:.2f}", f"{speed / reference:.2f}x",
                          "-" if np.isnan(peak) else f"{peak:.2f}"])
-            print(rows[-1], flush=True)
     if rows:
-        notes.append(f"{device.type}, batch {args.batch}, 416x208, 35 classes, AdamW; median of {args.steps} steps "
-                     "after 2 warm-up steps; ratios against the Keras model where measured, else the plain port.")
+        notes.append(f"{device.type}, batch {args.batch}, 416x208, 35 classes, AdamW; each row the median of "
+                     f"{args.rounds} alternating rounds, each round the median of {args.steps} steps after 2 "
+                     "warm-up steps; ratios against the study's original code where measured, else the plain port.")
+        notes.append(f"threads: PyTorch {torch.get_num_threads()} intra-op (OMP_NUM_THREADS "
+                     f"{os.environ.get('OMP_NUM_THREADS', 'unset')}), THP_MEM_ALLOC_ENABLE="
+                     f"{os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}"
+                     + (f"; peer {peer_info['threads']['intra_op']} intra-op, inter-op "
+                        f"{peer_info['threads']['inter_op'] or 'TF default'}" if peer_info else ""))
+    if peer_info:
+        notes.append(f"peer: {peer_info['code']}, {peer_info['framework']}, policy {peer_info['policy']}: the "
+                     "study's get_unet and train_multiclass (tensorflow-addons AdamW, CategoricalCrossentropy, "
+                     "accuracy and MeanIoU metrics, tf.data over a PNG folder), timed per step by a Keras callback.")
     if args.memory or args.memory_only:
         with tempfile.TemporaryDirectory() as tmp:
             data = fake_paper_data(Path(tmp) / "data")
