@@ -36,7 +36,8 @@ from results import markdown_table, record  # noqa: E402
 
 import cityscapes_lab  # noqa: E402
 from cityscapes_lab.config import load_config  # noqa: E402
-from cityscapes_lab.engine.runtime import busy_elsewhere, usable_cores  # noqa: E402
+from cityscapes_lab.engine.runtime import busy_elsewhere  # noqa: E402
+from cityscapes_lab.parallel import default_workers  # noqa: E402
 from cityscapes_lab.semisup.study import run_study  # noqa: E402
 
 CPU_EXECUTORS = ("serial", "local", "ray", "serial-all")
@@ -133,7 +134,7 @@ def main() -> None:
 
         if not torch.cuda.is_available():
             sys.exit("--device cuda: no CUDA device here")
-    cores = usable_cores()
+    cores = default_workers()
     levels = [int(p) for p in (args.parallel or ("1,2,4,8" if cuda else "2")).split(",")]
     if cuda:
         executors = [f"local:{p}" for p in levels]

@@ -339,7 +339,8 @@ def test_model_and_alpha_choose_the_network_of_every_training():
 
 
 def test_threads_and_device(tiny_paper, tmp_path, monkeypatch):
-    from cityscapes_lab.engine.runtime import cpu_threads, join_processes, usable_cores
+    from cityscapes_lab.engine.runtime import cpu_threads, join_processes
+    from cityscapes_lab.parallel import default_workers
     from cityscapes_lab.study.tasks import TrainingTask, execute
 
     calls = []
@@ -351,7 +352,7 @@ def test_threads_and_device(tiny_paper, tmp_path, monkeypatch):
         assert execute(task).status == "done"
     join_processes(TrainConfig(threads=1, device="cpu"))
     assert calls == [1, 2, 1]
-    assert cpu_threads(0) == usable_cores() and cpu_threads(0, processes=usable_cores() + 1) == 1
+    assert cpu_threads(0) == default_workers() and cpu_threads(0, processes=default_workers() + 1) == 1
     if "cuda:0" not in available_devices():
         with pytest.raises(ConfigError, match="no CUDA device"):
             Runtime.from_config(TrainConfig(device="cuda"))

@@ -14,6 +14,7 @@ import torch
 
 from ..config import TrainConfig
 from ..errors import ConfigError
+from ..parallel import default_workers
 
 
 def available_devices() -> list[str]:
@@ -72,24 +73,17 @@ def cpu_threads(requested: int = 0, processes: int = 1) -> int:
     ``load_note`` says when other programs compete for the cores."""
     if requested:
         return requested
-    return max(1, usable_cores() // max(1, processes))
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    return max(1, default_workers() // max(1, processes))
 
 
 def load_note(threads: int) -> str | None:
     """A one-line note when other programs keep cores busy so that ``threads`` threads oversubscribe them (a
     parallel region waits for its slowest thread: measured twice as slow per step), else None."""
-    busy = busy_elsewhere()
-    free = usable_cores() - busy
+    busy, cores = busy_elsewhere(), default_workers()
+    free = cores - busy
     if busy == 0 or threads <= free:
         return None
-    return (f"other programs keep {busy} of {usable_cores()} cores busy, so {threads} training threads share them "
+    return (f"other programs keep {busy} of {cores} cores busy, so {threads} training threads share them "
             f"and run slower; --set train.threads={max(1, free)} avoids that (the thread count changes the last "
             "digits of CPU results)")
 

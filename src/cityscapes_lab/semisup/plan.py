@@ -12,7 +12,7 @@ from ..config import Config
 from ..data.prepared import PreparedData
 from ..study.approaches import BASELINES
 from ..study.graph import Node, Plan
-from ..study.groups import StudyContext, make_task, rank_group, record, top_checkpoints
+from ..study.groups import StudyContext, make_task, rank_group, record, top_checkpoints, training_seed
 from ..study.keys import GroupKey, StudyLayout, TrainingKey, derive_seed
 from ..study.tasks import AldtSetTask
 from .consistency import STRENGTHS
@@ -45,8 +45,7 @@ class _Builder:
 
     def __init__(self, config: Config, data: PreparedData, layout: StudyLayout):
         self.plan, self.config, self.data, self.layout = Plan(), config, data, layout
-        train = config.train
-        self.batch = train.batch_size
+        self.batch = config.train.batch_size
         self.sizes = {name: len(ids) for name, ids in data.splits.items()}
         self.sizes["aldt"] = self.sizes.get("train_labeled", 0) * (1 + config.aldt.copies)
 
@@ -62,8 +61,7 @@ class _Builder:
         nodes = []
         for member in range(count):
             key = TrainingKey(group, member)
-            seed = seed_of(key) if seed_of else derive_seed(self.config.study.seed, group.approach, group.run,
-                                                          group.n, group.generation, member)
+            seed = (seed_of or (lambda key: training_seed(self.config, key)))(key)
             nodes.append(self.plan.add(Node(
                 f"{kind} {key}", kind, group, after, key=key, images=images, seed=seed,
                 make=lambda ctx, key=key: make_for(ctx, key), finished=lambda ctx, key=key: _done(ctx, key),
@@ -118,16 +116,19 @@ class _Builder:
                                   make=make_rows, finished=lambda ctx: (folder / "val" / "ids.json").exists()
                                   or all(_done(ctx, k) for k in keys)))
 
+        def seed_of(key: TrainingKey) -> int:
+            return derive_seed(config.study.seed, str(key))
+
         def make_net(ctx: StudyContext, key: TrainingKey) -> EvalNetTask:
             out = ctx.layout.training(key)
-            return EvalNetTask(str(key), derive_seed(config.study.seed, str(key)), config.to_dict(),
+            return EvalNetTask(str(key), seed_of(key), config.to_dict(),
                                str(folder / "train"), str(folder / "val"), str(out), ctx.data.num_classes,
                                ctx.show_progress, ctx.processes)
 
         rows_estimate = self.sizes.get("train_labeled", 0) * max(1, config.semisup.evalnet_train_loops)
         images = config.semisup.evalnet_epochs * max(1, rows_estimate // self.batch) * self.batch
         nodes = self.trainings(group, config.semisup.evalnets, (rows.id,), make_net, images, kind="evalnet",
-                               seed_of=lambda key: derive_seed(config.study.seed, str(key)))
+                               seed_of=seed_of)
         return self.rank(group, keys, [n.id for n in nodes], split="val", metric="total_loss",
                          higher_is_better=False)
 

@@ -53,7 +53,6 @@ class LocalExecutor:
         for _ in range(parallel):
             self._workers.append(_start_worker(self._workers, fork=False))
         self._idle = list(self._workers)
-        self._busy: dict[int, Any] = {}  # result pipe -> worker
         self._selector = selectors.DefaultSelector()
         self._count = 0
 
@@ -64,7 +63,6 @@ class LocalExecutor:
         self._count += 1
         worker.in_flight.append(self._count)
         send(worker.tasks, (perform, task))
-        self._busy[worker.results] = worker
         self._selector.register(worker.results, selectors.EVENT_READ, worker)
         return self._count
 
@@ -75,7 +73,6 @@ class LocalExecutor:
         key, _ = self._selector.select()[0]
         worker = key.data
         self._selector.unregister(worker.results)
-        del self._busy[worker.results]
         handle = worker.in_flight.popleft()
         try:
             status, payload, _text = receive(worker.results)
@@ -117,16 +114,17 @@ class RayExecutor:
         by_gpu = int(total.get("GPU", 0) // gpus_per_task) if gpus_per_task else 10_000
         self.slots = max(1, min(by_cpu, by_gpu))
         self._remote = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus_per_task, max_retries=retries)(perform)
-        self._refs: dict[Any, Any] = {}
+        self._refs: set = set()  # the tasks submitted and not yet waited for
 
     def submit(self, task: Any) -> Any:
         ref = self._remote.remote(task)
-        self._refs[ref] = ref
+        self._refs.add(ref)
         return ref
 
     def wait(self) -> tuple[Any, Any, BaseException | None]:
         ready, _ = self.ray.wait(list(self._refs), num_returns=1)
-        ref = self._refs.pop(ready[0])
+        ref = ready[0]
+        self._refs.discard(ref)
         try:
             return ref, self.ray.get(ref), None
         except self.ray.exceptions.RayTaskError as exc:

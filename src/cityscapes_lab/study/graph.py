@@ -58,10 +58,6 @@ def perform(task: Any) -> Any:
     return task.run()
 
 
-class TaskFailed(LabError):
-    """A task ended with an error; the nodes that wait for it fail with the same reason."""
-
-
 def run_plan(plan: Plan, ctx: Any, executor: Any, fail_training: Callable[[Any, Node, str], None]) -> None:
     """Run every node of ``plan`` whose inputs are ready, at most ``executor.slots`` tasks at once, until all are
     finished. A node whose task fails, or that waits for a failed one, is failed with the reason
@@ -106,7 +102,7 @@ def run_plan(plan: Plan, ctx: Any, executor: Any, fail_training: Callable[[Any, 
                         finish(node)
                     else:
                         if node.training:
-                            ctx.store.start(node.key, task.seed, ctx.config.digest())
+                            ctx.store.start(node.key, node.seed, ctx.config.digest())
                         running[executor.submit(task)] = node
                 break  # the plan order decides again which node comes next
         if running:

@@ -38,6 +38,12 @@ class StudyContext:
         self.progress.skipped()
 
 
+def training_seed(config: Config, key: TrainingKey) -> int:
+    """The seed of a segmentation training of the study (its init, data order and augmentation)."""
+    group = key.group
+    return derive_seed(config.study.seed, group.approach, group.run, group.n, group.generation, key.member)
+
+
 def make_task(ctx: StudyContext, key: TrainingKey, train_set: str, **overrides) -> TrainingTask:
     """A training task of the study for ``key``; ``train_*`` overrides change the training settings (e.g. the
     student width ``train_alpha``), other overrides set task fields (e.g. ``init_checkpoint``)."""
@@ -45,9 +51,8 @@ def make_task(ctx: StudyContext, key: TrainingKey, train_set: str, **overrides) 
     train = asdict(ctx.config.train)
     train.update({name[len("train_"):]: value for name, value in overrides.items() if name.startswith("train_")})
     fields = {name: value for name, value in overrides.items() if not name.startswith("train_")}
-    group = key.group
     return TrainingTask(
-        key=str(key), seed=derive_seed(study.seed, group.approach, group.run, group.n, group.generation, key.member),
+        key=str(key), seed=training_seed(ctx.config, key),
         train=train, data=str(ctx.data.root), train_set=train_set, out_dir=str(ctx.layout.training(key)),
         eval_splits=tuple(study.eval_splits), full_resolution=study.full_resolution,
         predictions_dir=str(ctx.layout.predictions(key, "")) if study.save_predictions else None,
