@@ -267,9 +267,11 @@ def zoo_list() -> None:
 @click.option("--protocol", type=click.Choice(["whole", "slide", "ms-flip"]), default="whole", show_default=True)
 @click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N images.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
-              help="auto: bf16 autocast on a GPU, fp32 on the CPU.")
-@click.option("--json", "json_file", type=click.Path(path_type=Path), default=None, help="Write the scores here.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "auto"]), default="fp32", show_default=True,
+              help="fp32: as the published numbers were made; bf16 (autocast, on a GPU) is the fast path; auto: bf16 "
+                   "on a GPU, fp32 on the CPU.")
+@click.option("--json", "json_file", type=click.Path(path_type=Path), default=None,
+              help="Write the scores here, with the weights file's size and sha256.")
 def zoo_eval(name: str, weights: Path, raw: Path, split: str, protocol: str, limit: int | None, device: str,
              precision: str, json_file: Path | None) -> None:
     """Score a published model on the raw download at the original resolution (official metrics)."""
@@ -287,9 +289,8 @@ def zoo_eval(name: str, weights: Path, raw: Path, split: str, protocol: str, lim
          f"  category mIoU {scores['category_mIoU']:.4f}  ({result.seconds_per_image:.2f} s per image on "
          f"{runtime.device.type}, {runtime.precision})")
     if json_file:
-        _write_json(json_file, {"model": name, "weights": str(weights), "split": split, "protocol": protocol,
-                                "images": result.images, "seconds_per_image": result.seconds_per_image,
-                                "device": str(runtime.device), "precision": runtime.precision, **scores})
+        _write_json(json_file, {**predictor.describe(), "split": split, "protocol": protocol,
+                                "images": result.images, "seconds_per_image": result.seconds_per_image, **scores})
 
 
 @cli.command()
@@ -302,19 +303,30 @@ def zoo_eval(name: str, weights: Path, raw: Path, split: str, protocol: str, lim
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the outputs.")
 @click.option("--protocol", type=click.Choice(["whole", "slide", "ms-flip"]), default="whole", show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="auto: bf16 autocast on a GPU (fast), fp32 on the CPU; fp32 for the published numerics.")
 @click.option("--no-color", is_flag=True, help="Skip the colour PNGs.")
 @click.option("--no-overlay", is_flag=True, help="Skip the overlays.")
+@click.option("--json", "json_file", type=click.Path(path_type=Path), default=None,
+              help="Write what produced the predictions here: model, weights file (size, sha256), protocol, device.")
 def predict(name: str | None, weights: Path | None, random_weights: bool, inputs: tuple[Path, ...], out: Path,
-            protocol: str, device: str, precision: str, no_color: bool, no_overlay: bool) -> None:
+            protocol: str, device: str, precision: str, no_color: bool, no_overlay: bool,
+            json_file: Path | None) -> None:
     """Segment images, folders of images and videos: labelIds PNGs (official submission format), colour PNGs
     and overlays in OUT."""
     from .engine.prediction import check_prediction_output, collect_inputs, load_predictor, predict_files
 
+    from .outputs import check_output_file
+
     check_prediction_output(out, list(inputs))
+    if json_file:
+        check_output_file(json_file, option="--json")
     collect_inputs(list(inputs))  # a missing input fails before the model loads
     predictor = load_predictor(name, weights, protocol, device, precision, random_weights=random_weights)
     count = predict_files(predictor, list(inputs), out, colour=not no_color, overlays=not no_overlay)
+    if json_file:
+        _write_json(json_file, {**predictor.describe(), "protocol": protocol, "predictions": count,
+                                "out": str(out)})
     _say(f"wrote {count} predictions to {out}/labelIds (submission format)"
          + ("" if no_color else ", color") + ("" if no_overlay else ", overlay"))
 

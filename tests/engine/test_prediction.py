@@ -1,7 +1,9 @@
 """`predict` (images, folders, videos) writes submission files that `evaluate` reads; `zoo eval` scores a model
 on a raw split and reports the time per image."""
 
+import hashlib
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -62,6 +64,30 @@ def test_zoo_eval_on_a_raw_split(raw_small, tmp_path, capsys):
     scores = json.loads((tmp_path / "scores.json").read_text())
     assert scores["images"] == 2 and scores["protocol"] == "slide" and scores["seconds_per_image"] > 0
     assert 0 <= scores["mIoU"] <= 1 and "class_IoU" in scores and "s per image" in printed
+    weights = (tmp_path / "hrnet.pt").read_bytes()  # the result names the file that produced it
+    assert scores["weights_sha256"] == hashlib.sha256(weights).hexdigest() and scores["weights_bytes"] == len(weights)
+    assert scores["model"] == "hrnet_w48_ocr" and scores["precision"] == "fp32"
+
+
+def test_zoo_eval_defaults_to_fp32_the_published_precision_and_predict_to_auto():
+    from cityscapes_lab.cli import cli
+
+    def default(*path: str) -> str:
+        command = cli
+        for name in path:
+            command = command.commands[name]
+        return next(p.default for p in command.params if p.name == "precision")
+
+    assert default("zoo", "eval") == "fp32" and default("predict") == "auto"
+
+
+def test_predict_json_names_the_weights_file(unet_checkpoint, raw_small, tmp_path, capsys):
+    run(["predict", "--weights", str(unet_checkpoint), str(raw_small / "leftImg8bit" / "val"), "--out",
+         str(tmp_path / "pred"), "--no-overlay", "--no-color", "--json", str(tmp_path / "run.json")], capsys)
+    record = json.loads((tmp_path / "run.json").read_text())
+    weights = Path(unet_checkpoint).read_bytes()
+    assert record["weights_sha256"] == hashlib.sha256(weights).hexdigest() and record["weights_bytes"] == len(weights)
+    assert record["model"] == "unet_paper" and record["predictions"] == 10 and record["protocol"] == "whole"
 
 
 def test_zoo_list_names_every_published_number(capsys):

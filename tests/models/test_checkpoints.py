@@ -79,6 +79,58 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
+def as_written_by_numpy_1(path, legacy: bool) -> None:
+    """Rename NumPy 2's pickled globals (``numpy._core...``) to the NumPy 1 names (``numpy.core...``) in a saved
+    checkpoint, as in mmcv files written under NumPy 1.x; no NumPy 1 needed."""
+    import zipfile
+
+    def rename(pickled: bytes) -> bytes:
+        assert b"cnumpy._core.multiarray\n" in pickled  # the test must exercise the rename
+        return pickled.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+
+    if legacy:  # a stream of pickles: GLOBAL opcodes are newline-terminated text, so a rename changes no offsets
+        path.write_bytes(rename(path.read_bytes()))
+        return
+    with zipfile.ZipFile(path) as archive:
+        records = [(info, archive.read(info)) for info in archive.infolist()]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        for info, data in records:
+            archive.writestr(info, rename(data) if info.filename.endswith("data.pkl") else data)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_an_mmcv_checkpoint_written_under_numpy_1_loads_safely(legacy, tmp_path):
+    """mmseg keeps the best mIoU as a NumPy float in meta["hook_msgs"]; under NumPy 1 the pickle names
+    numpy.core.multiarray.scalar, which NumPy 2 knows as numpy._core...: still plain data, so it loads."""
+    from cityscapes_lab.models.checkpoints import load_checkpoint
+
+    model = build_model("unet_paper", 35, alpha=0.5)
+    path = tmp_path / "mmcv.pth"
+    meta = {"hook_msgs": {"best_score": np.float64(0.8162), "best_ckpt": "iter_80000.pth"},
+            "seed": np.int64(7), "shape": np.arange(3), "dtype": np.dtype("float32")}
+    torch.save({"meta": meta, "state_dict": model.state_dict()}, path, _use_new_zipfile_serialization=not legacy)
+    as_written_by_numpy_1(path, legacy)
+    content = load_checkpoint(path)
+    assert content["meta"]["hook_msgs"]["best_score"] == np.float64(0.8162)
+    assert content["meta"]["shape"].tolist() == [0, 1, 2] and content["meta"]["dtype"] == np.float32
+    loaded = build_model("unet_paper", 35, weights=path, alpha=0.5)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+
+
+def test_a_numpy_1_checkpoint_that_also_names_code_is_refused_in_one_line(tmp_path):
+    """NumPy data types are allowed, nothing else: a file naming both is refused with the one-line error."""
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    path = tmp_path / "mixed.pth"
+    torch.save({"meta": {"best": np.float64(0.5), "hook": Payload()}, "state_dict": {}}, path)
+    as_written_by_numpy_1(path, legacy=False)
+    with pytest.raises(DataError, match=r"mixed.pth: refused: loading it would run code it names \(.*system"):
+        build_model("unet_paper", 35, weights=path)
+    assert not (tmp_path / "pwned").exists()
+
+
 def test_missing_and_unexpected_keys_are_listed(tmp_path):
     model = build_model("unet_paper", 35, alpha=0.5)
     state = dict(model.state_dict())

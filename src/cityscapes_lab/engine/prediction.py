@@ -56,6 +56,13 @@ class Predictor:
     protocol: InferenceProtocol
     runtime: Runtime
     input_size: tuple[int, int] | None = None  # (W, H) the model must see (e.g. the study's U-Net: 416x208)
+    name: str = ""
+    weights: dict | None = None  # the weights file: path, size, sha256 (models.checkpoints.file_identity)
+
+    def describe(self) -> dict:
+        """What produced a result: model, weights file (path, bytes, sha256), protocol, device, precision."""
+        return {"model": self.name, **(self.weights or {"weights": None}), "device": str(self.runtime.device),
+                "precision": self.runtime.precision}
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB -> (H, W) uint8 Cityscapes labelIds."""
@@ -77,9 +84,8 @@ def load_predictor(name: str | None, weights: str | Path | None, protocol: str =
     may then be None; a different ``name`` is refused); a published checkpoint is loaded into ``name`` with
     ``num_classes`` (19). Without ``weights`` the model keeps its random initialisation, only if
     ``random_weights`` says so."""
-    from ..models.checkpoints import load_weights
+    from ..models.checkpoints import FORMAT, file_identity, load_checkpoint, load_weights
     from ..models.registry import build_model, list_models, model_spec
-    from ..models.checkpoints import FORMAT, load_checkpoint
 
     torch_device = resolve_device(device, "--device")
     if weights is None and not random_weights:
@@ -110,7 +116,8 @@ def load_predictor(name: str | None, weights: str | Path | None, protocol: str =
     model = model.to(torch_device).eval()
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return Predictor(model, num_classes, protocol_for(spec, protocol), runtime, input_size)
+    return Predictor(model, num_classes, protocol_for(spec, protocol), runtime, input_size, name,
+                     file_identity(weights) if weights is not None else None)
 
 
 def colourise(label_ids: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,61 +38,71 @@ def save_checkpoint(path: Path, content: dict[str, Any]) -> None:
     atomic.write_bytes(Path(path), buffer.getvalue())
 
 
-# NumPy data types that released checkpoints keep in their metadata: plain data, rebuilt without running code.
-SAFE_DATA_GLOBALS = frozenset({
-    "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar", "numpy.core.multiarray._reconstruct",
-    "numpy._core.multiarray._reconstruct", "numpy.dtype", "numpy.ndarray",
-})
+# NumPy data that released checkpoints keep in their metadata (mmseg stores its best mIoU as a NumPy float):
+# rebuilt without running code. A pickle names a global by the module it had when it was written: NumPy 1 wrote
+# ``numpy.core.multiarray``, NumPy 2 writes ``numpy._core.multiarray``, so both spellings are allowed by name.
+NUMPY_DATA_GLOBALS = ("multiarray.scalar", "multiarray._reconstruct")
 
 
-def _data_globals(names: list[str]) -> list | None:
-    """The objects for ``names`` if every one is a plain NumPy data type (numpy.dtypes.* included), else None."""
-    import importlib
-
-    if not all(n in SAFE_DATA_GLOBALS or n.startswith("numpy.dtypes.") for n in names):
-        return None
+def _numpy_data_globals() -> list:
+    """(object, name as written in the file) pairs for ``torch.serialization.safe_globals``."""
     import numpy
+    from numpy._core import multiarray
 
-    found = [getattr(numpy.dtypes, n) for n in dir(numpy.dtypes) if n.endswith("DType")]  # rebuilt dtypes
-    for name in names:
-        module, _, attribute = name.rpartition(".")
-        try:
-            found.append(getattr(importlib.import_module(module), attribute))
-        except (ImportError, AttributeError):
-            return None
-    return found
+    allowed: list = [numpy.dtype, numpy.ndarray]
+    allowed += [getattr(numpy.dtypes, n) for n in dir(numpy.dtypes) if n.endswith("DType")]
+    for name in NUMPY_DATA_GLOBALS:
+        target = getattr(multiarray, name.partition(".")[2])
+        allowed += [(target, f"numpy.core.{name}"), (target, f"numpy._core.{name}")]
+    return allowed
+
+
+def _forbidden_globals(path: Path, exc: BaseException) -> list[str]:
+    """The globals outside the allow-list that a refused file names (for the error message)."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # noqa: BLE001 - not a zip checkpoint: take the name from torch's message
+        names = re.findall(r"GLOBAL ([\w.]+)", str(exc))
+    allowed = {"numpy.dtype", "numpy.ndarray"} | {f"numpy.{core}.{n}" for n in NUMPY_DATA_GLOBALS
+                                                   for core in ("core", "_core")}
+    return [n for n in names if n not in allowed and not n.startswith("numpy.dtypes.")]
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint safely (``weights_only=True``; NumPy data types in metadata are allowed); DataError if
-    it is unreadable or would need code to load."""
+    """Read a checkpoint safely (``weights_only=True``; NumPy data in metadata, as NumPy 1 or 2 wrote it, is
+    allowed); DataError if it is unreadable or would need code to load."""
     path = Path(path)
     if path.is_dir():
         raise DataError(f"{path}: is a folder, not a checkpoint file; pass the .pt/.pth file")
     if path.is_file() and path.stat().st_size == 0:
         raise DataError(f"{path}: is empty (0 bytes), not a checkpoint; download or write it again")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(_numpy_data_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise DataError(f"{path}: no such checkpoint; check the path") from None
     except pickle.UnpicklingError as exc:
-        try:
-            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-        except Exception:  # noqa: BLE001 - not a zip checkpoint: name nothing
-            unsafe = []
-        allowed = _data_globals(unsafe) if unsafe else None
-        if allowed:
-            with torch.serialization.safe_globals(allowed):
-                return torch.load(Path(path), map_location=map_location, weights_only=True)
-        if not unsafe and "global" not in str(exc).lower():  # damaged bytes, not a forbidden object
+        forbidden = _forbidden_globals(path, exc)
+        if not forbidden and "global" not in str(exc).lower():  # damaged bytes, not a forbidden object
             raise DataError(f"{path}: not a readable PyTorch checkpoint ({_first_sentence(exc)}); download or write "
                             "it again") from None
-        named = ", ".join(unsafe[:4]) or str(exc).splitlines()[-1][:120]
+        named = ", ".join(forbidden[:4]) or "an object outside plain tensors and data"
         raise DataError(f"{path}: refused: loading it would run code it names ({named}); use the checkpoint as "
                         "published, or convert it to plain tensors in a process you trust") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, struct.error) as exc:
         raise DataError(f"{path}: not a readable PyTorch checkpoint ({_first_sentence(exc)}); download or write it "
                         "again") from None
+
+
+def file_identity(path: str | Path) -> dict[str, Any]:
+    """Which file a result came from: its path, size in bytes and sha256 (read in 1 MiB blocks)."""
+    import hashlib
+
+    digest, path = hashlib.sha256(), Path(path)
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return {"weights": str(path), "weights_bytes": path.stat().st_size, "weights_sha256": digest.hexdigest()}
 
 
 def _first_sentence(exc: BaseException) -> str:
