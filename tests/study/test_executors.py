@@ -52,12 +52,16 @@ def test_local_processes_give_the_serial_scores(tiny_paper, tmp_path, serial_sco
 
 def test_ray_gives_the_serial_scores_and_retries_a_killed_worker(tiny_paper, tmp_path, serial_scores, ray_instance):
     """A Ray worker killed (kill -9) during a training: Ray runs the task again, it resumes from its last epoch
-    checkpoint, and the study ends with the scores of the serial one."""
+    checkpoint, and the study ends with the scores of the serial one. Its tasks leave train.threads at 0: each
+    takes the CPU Ray reserved for it (--cpus-per-task 1), not all of the node's cores, so the scores are those of
+    a serial study with one thread."""
     settings = TINY + ["train.epochs=6"]  # long enough to be caught between two epochs
     out = tmp_path / "study"
     outcome = {}
+    unset = load_config(overrides=[s for s in settings if s != "train.threads=1"])
+    assert unset.train.threads == 0
     thread = threading.Thread(target=lambda: outcome.update(summary=run_study(
-        tiny_paper, out, ["ldt"], load_config(overrides=settings), show_progress=False, executor="ray")))
+        tiny_paper, out, ["ldt"], unset, show_progress=False, executor="ray", cpus_per_task=1)))
     thread.start()
     victim, deadline = None, time.time() + 120
     while victim is None and time.time() < deadline and thread.is_alive():
@@ -71,7 +75,8 @@ def test_ray_gives_the_serial_scores_and_retries_a_killed_worker(tiny_paper, tmp
     os.kill(first, signal.SIGKILL)
     thread.join(300)
     assert outcome["summary"].failed == 0
-    assert json.loads((victim / "worker.json").read_text())["pid"] != first  # run again by another worker
+    worker = json.loads((victim / "worker.json").read_text())
+    assert worker["pid"] != first and worker["threads"] == 1  # run again by another worker, on its one CPU
     clean = tmp_path / "clean"
     run_study(tiny_paper, clean, ["ldt"], load_config(overrides=settings), show_progress=False)
     assert scores(out) == scores(clean)

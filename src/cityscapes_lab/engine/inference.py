@@ -1,24 +1,37 @@
 """Inference: predictions of in-memory image arrays (``predict``), and the evaluation protocols of the model zoo:
 whole image, sliding window, and multi-scale with flip.
 
-Each protocol is data (``InferenceProtocol``); ``infer`` applies it to one batch and returns a score map at the
-input's resolution whose argmax is the prediction. Two ways of combining scales and flips are provided because the
-published numbers use them:
+Each protocol is data (``InferenceProtocol``); ``infer`` applies it to a batch of (N, H, W, 3) uint8 RGB images and
+returns a score map at their resolution whose argmax is the prediction. The models normalise what they are given
+(uint8, or float in [0, 1]), so the protocol resizes images as the official test code does, with OpenCV's bilinear
+(``cv2.INTER_LINEAR``, half-pixel centres); scores go back to H x W with bilinear ``F.interpolate`` at the model's
+``align_corners``. The two rules of the published multi-scale + flip numbers, in their code's order:
 
-* ``softmax`` (mmsegmentation, InternImage): per scale and flip, logits resized to the original size, softmax;
-  the mean of those probabilities.
-* ``hrnet`` (HRNet-OCR's own code): per scale, exp(logits + flipped logits) at that scale, resized to the original
-  size and summed over scales. For a single scale without flip both reduce to the logits' argmax.
+* ``softmax`` (mmsegmentation 0.x, InternImage: ``MultiScaleFlipAug`` + ``Resize(keep_ratio=True)``, then
+  ``EncoderDecoder.aug_test``): at ratio r the uint8 image is resized to the largest size within
+  (int(W r), int(H r)): factor f = min(max of those / max(H, W), min of those / min(H, W)), sides int(side f + 0.5)
+  (mmcv ``rescale_size``); that view and its horizontal flip each give logits (whole, or windows averaged),
+  resized to H x W, softmax, flipped back; the result is the mean over all scale and flip views.
+* ``hrnet`` (HRNet-OCR's ``Cityscapes.multi_scale_inference`` and ``BaseDataset.inference``): at scale r the float
+  image is resized so that its long side is int(L r + 0.5) and the other int(side * long / L + 0.5); above
+  ``slide_above`` it is cut into windows of ``crop`` every ``stride`` (no padding); each window (or the whole
+  image) gives exp((logits + un-flipped logits of the flipped input) * 0.5) (exp(logits) without flip); windows
+  averaged, resized to H x W, summed over scales.
 
-Sliding windows follow mmsegmentation: windows of ``crop`` every ``stride``, the last one shifted back to end at
-the border, overlapping scores averaged.
+Scales are taken from the image itself: (W, H) for mmseg (its ``img_scale=None`` mode), L = the long side for HRNet,
+which on Cityscapes' 2048x1024 are the official ``img_scale=(2048, 1024)`` and ``base_size=2048``. For a single
+scale without flip both reduce to the logits' argmax ("whole" and "slide" return their softmax).
+
+Sliding windows follow mmsegmentation (HRNet-OCR's Cityscapes code places them the same way): windows of ``crop``
+every ``stride``, the last one shifted back to end at the border, overlapping scores averaged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -26,6 +39,7 @@ from torch.nn import functional as F
 
 from .runtime import Runtime
 from .sources import to_batch
+
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: np.ndarray, runtime: Runtime) -> Iterator[tuple[slice, torch.Tensor]]:
@@ -50,6 +64,8 @@ def predict(model: nn.Module, images: np.ndarray, runtime: Runtime) -> np.ndarra
 
 MS_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
+Scores = Callable[[torch.Tensor], torch.Tensor]
+
 
 @dataclass(frozen=True)
 class InferenceProtocol:
@@ -58,15 +74,73 @@ class InferenceProtocol:
     stride: tuple[int, int] | None = None
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
-    combine: str = "softmax"  # softmax | hrnet
+    combine: str = "softmax"  # softmax (mmseg) | hrnet: the keys of RULES
     slide_above: float | None = None  # mode whole: slide at scales above this (HRNet-OCR's ms protocol)
-    align_corners: bool = False  # how images and scores are resized (the model's own convention)
+    align_corners: bool = False  # how scores are resized back to the input (the model's own convention)
+
+
+def hrnet_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """(H, W) at a scale as HRNet-OCR's ``multi_scale_aug``: the long side int(long * scale + 0.5), the other in
+    proportion, rounded half up."""
+    long = int(max(height, width) * scale + 0.5)
+    if height > width:
+        return long, int(width * long / height + 0.5)
+    return int(height * long / width + 0.5), long
+
+
+def mmseg_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """(H, W) at a ratio as mmseg's ``MultiScaleFlipAug`` (bound (int(W * ratio), int(H * ratio))) and
+    ``Resize(keep_ratio=True)`` (mmcv ``rescale_size``: the largest size within the bound, sides rounded)."""
+    bound = (int(width * scale), int(height * scale))
+    factor = min(max(bound) / max(height, width), min(bound) / min(height, width))
+    return int(height * factor + 0.5), int(width * factor + 0.5)
+
+
+def _hrnet_views(logits: Scores, scores: Callable[[Scores, torch.Tensor], torch.Tensor], back: Scores,
+                 x: torch.Tensor, flip: bool) -> Iterator[torch.Tensor]:
+    """One map per scale: exp of the mean of a window's logits and its flipped twin's, windows averaged, resized
+    back (exp before the resize and the window average, as ``BaseDataset.inference`` returns ``pred.exp()``)."""
+    def window(crop: torch.Tensor) -> torch.Tensor:
+        out = logits(crop)
+        return ((out + logits(crop.flip(-1)).flip(-1)) * 0.5 if flip else out).exp()
+
+    yield back(scores(window, x))
+
+
+def _mmseg_views(logits: Scores, scores: Callable[[Scores, torch.Tensor], torch.Tensor], back: Scores,
+                 x: torch.Tensor, flip: bool) -> Iterator[torch.Tensor]:
+    """One map per view: logits resized back, softmax, then flipped back (``EncoderDecoder.inference``)."""
+    for flipped in (False, True) if flip else (False,):
+        probabilities = torch.softmax(back(scores(logits, x.flip(-1) if flipped else x)), dim=1)
+        yield probabilities.flip(-1) if flipped else probabilities
+
+
+@dataclass(frozen=True)
+class CombineRule:
+    """How one published protocol resizes an image to a scale and turns its views into score maps."""
+
+    size: Callable[[int, int, float], tuple[int, int]]  # (H, W) of an image at a scale
+    pixels: type  # what OpenCV resizes: HRNet its float image (np.float32 in [0, 1]), mmseg the uint8 one
+    views: Callable[..., Iterator[torch.Tensor]]  # the score maps of one scale, at the input's size
+    mean: bool  # the result: the mean of all maps (mmseg), else their sum (HRNet)
+
+
+RULES = {"softmax": CombineRule(mmseg_size, np.uint8, _mmseg_views, True),
+         "hrnet": CombineRule(hrnet_size, np.float32, _hrnet_views, False)}
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int], align_corners: bool) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
+
+
+def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(N, H, W, 3) images resized to (H', W') with ``cv2.INTER_LINEAR``, in their dtype (uint8 rounds)."""
+    if tuple(images.shape[1:3]) == tuple(size):
+        return images
+    return np.stack([cv2.resize(np.ascontiguousarray(image), (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+                     for image in images])
 
 
 def window_positions(length: int, crop: int, stride: int) -> list[tuple[int, int]]:
@@ -79,7 +153,8 @@ def window_positions(length: int, crop: int, stride: int) -> list[tuple[int, int
     return positions
 
 
-def slide(score_fn, x: torch.Tensor, crop: tuple[int, int], stride: tuple[int, int], channels: int) -> torch.Tensor:
+def slide(score_fn: Scores, x: torch.Tensor, crop: tuple[int, int], stride: tuple[int, int],
+          channels: int) -> torch.Tensor:
     """Scores of ``score_fn`` over sliding windows of x (N, 3, H, W), averaged where windows overlap."""
     n, _, height, width = x.shape
     total = x.new_zeros((n, channels, height, width), dtype=torch.float32)
@@ -92,39 +167,36 @@ def slide(score_fn, x: torch.Tensor, crop: tuple[int, int], stride: tuple[int, i
 
 
 @torch.no_grad()
-def infer(model: nn.Module, images: torch.Tensor, protocol: InferenceProtocol, num_classes: int,
+def infer(model: nn.Module, images: np.ndarray, protocol: InferenceProtocol, num_classes: int,
           runtime: Runtime | None = None) -> torch.Tensor:
-    """Score map (N, C, H, W) float32 for images (N, 3, H, W) float in [0, 1]; its argmax is the prediction.
-    Forward passes run in the runtime's precision (fp32 without one)."""
-    height, width = images.shape[-2:]
-    runtime = runtime or Runtime(images.device)
+    """Score map (N, C, H, W) float32 of images (N, H, W, 3) uint8 RGB; its argmax is the prediction.
+    Forward passes run in the runtime's precision (fp32 on the CPU, NCHW, without one)."""
+    runtime = runtime or Runtime(torch.device("cpu"), channels_last=False)
+    rule = RULES[protocol.combine]
+    n, height, width = images.shape[:3]
+    # the model normalises either: uint8 as it is, or HRNet's float image (its code resizes the normalised floats)
+    pixels = images if rule.pixels is np.uint8 else images.astype(np.float32) / 255
 
     def logits(x: torch.Tensor) -> torch.Tensor:
         with runtime.autocast():
             return model(x).float()
 
-    def flipped_sum(x: torch.Tensor) -> torch.Tensor:  # HRNet: logits + un-flipped logits of the flipped input
-        out = logits(x)
-        return out + logits(x.flip(-1)).flip(-1) if protocol.flip else out
-
-    total = images.new_zeros((images.shape[0], num_classes, height, width), dtype=torch.float32)
-    parts = 0
+    total = torch.zeros((n, num_classes, height, width), device=runtime.device)
+    views = 0
     for scale in protocol.scales:
-        size = (int(height * scale + 0.5), int(width * scale + 0.5))
-        x = _resize(images, size, protocol.align_corners)
+        size = rule.size(height, width, scale)
+        x, _ = to_batch(resize_images(pixels, size), None, np.arange(n), runtime)
         sliding = protocol.mode == "slide" or (protocol.slide_above is not None and scale > protocol.slide_above)
         crop = protocol.crop or size
         stride = protocol.stride or crop
-        if protocol.combine == "hrnet":
-            score_fn = lambda crop_x: torch.exp(flipped_sum(crop_x))  # noqa: E731
-            score = slide(score_fn, x, crop, stride, num_classes) if sliding else score_fn(x)
-            total += _resize(score, (height, width), protocol.align_corners)
-            parts = 1
-            continue
-        for flipped in ((False, True) if protocol.flip else (False,)):
-            view = x.flip(-1) if flipped else x
-            score = slide(logits, view, crop, stride, num_classes) if sliding else logits(view)
-            score = score.flip(-1) if flipped else score
-            total += torch.softmax(_resize(score, (height, width), protocol.align_corners), dim=1)
-            parts += 1
-    return total / parts
+
+        def scores(fn: Scores, view: torch.Tensor) -> torch.Tensor:
+            return slide(fn, view, crop, stride, num_classes) if sliding else fn(view)
+
+        def back(score: torch.Tensor) -> torch.Tensor:
+            return _resize(score, (height, width), protocol.align_corners)
+
+        for score in rule.views(logits, scores, back, x, protocol.flip):  # summed view by view, as the official code
+            total += score
+            views += 1
+    return total / views if rule.mean else total

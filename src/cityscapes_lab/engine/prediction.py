@@ -68,10 +68,8 @@ class Predictor:
         """(H, W, 3) uint8 RGB -> (H, W) uint8 Cityscapes labelIds."""
         height, width = image.shape[:2]
         view = image if self.input_size is None else cv2.resize(image, self.input_size, interpolation=cv2.INTER_LINEAR)
-        x = torch.from_numpy(np.ascontiguousarray(view)).permute(2, 0, 1)[None].to(self.runtime.device).float() / 255.0
-        if self.runtime.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        classes = infer(self.model, x, self.protocol, self.num_classes, self.runtime).argmax(dim=1)[0]
+        # uint8 in: the protocol resizes it as the official code does, the model normalises it
+        classes = infer(self.model, view[None], self.protocol, self.num_classes, self.runtime).argmax(dim=1)[0]
         classes = classes.to(torch.uint8).cpu().numpy()
         if classes.shape != (height, width):
             classes = cv2.resize(classes, (width, height), interpolation=cv2.INTER_NEAREST)

@@ -1,13 +1,15 @@
 """Checkpoints: writing ours and loading any safely and strictly.
 
 Our own files are plain dicts of tensors, numbers and strings, written atomically; every file is read with
-``torch.load(weights_only=True)``, so nothing loads by executing code.
+``torch.load(weights_only=True)`` (or, for a safetensors file, the ``safetensors`` package: raw tensors by
+design), so nothing loads by executing code.
 
 Checkpoints from the internet are untrusted: they are read with ``torch.load(weights_only=True)`` (a file that
-would need code execution is refused) and must match the model key for key. Each zoo model's published layout is
-one row of ``LAYOUTS``; ``convert_state_dict`` is the one function that applies it: unwrap mmcv's
-``{"state_dict", "meta"}`` dict, strip a key prefix, drop training-only entries, cast fp16 to fp32, and slice
-class heads published with more classes (InternImage's 150-class ADE20K leftovers) to the model's.
+would need code execution is refused) or as safetensors, and must match the model key for key. Each zoo
+model's published layout is one row of ``LAYOUTS``; ``convert_state_dict`` is the one function that applies
+it: unwrap mmcv's ``{"state_dict", "meta"}`` dict, strip a key prefix, drop training-only entries, cast fp16 to
+fp32, and slice class heads published with more classes (InternImage's 150-class ADE20K leftovers) to the
+model's.
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise DataError(f"{path}: is a folder, not a checkpoint file; pass the .pt/.pth file")
     if path.is_file() and path.stat().st_size == 0:
         raise DataError(f"{path}: is empty (0 bytes), not a checkpoint; download or write it again")
+    if path.suffix == ".safetensors" or _is_safetensors(path):
+        return _load_safetensors(path, map_location)
     try:
         with torch.serialization.safe_globals(_numpy_data_globals()):
             return torch.load(path, map_location=map_location, weights_only=True)
@@ -105,6 +109,32 @@ def file_identity(path: str | Path) -> dict[str, Any]:
     return {"weights": str(path), "weights_bytes": path.stat().st_size, "weights_sha256": digest.hexdigest()}
 
 
+def _is_safetensors(path: Path) -> bool:
+    """Whether the file starts as a safetensors file does (an 8-byte little-endian header length, then the
+    JSON header's "{"), whatever its name; PyTorch's files start with a zip or pickle signature instead."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(9)
+    except OSError:
+        return False
+    header_bytes = int.from_bytes(head[:8], "little")
+    return len(head) == 9 and head[8:9] == b"{" and 0 < header_bytes < path.stat().st_size
+
+
+def _load_safetensors(path: Path, map_location: str | torch.device) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors: plain data by design (a JSON header, raw bytes), nothing to unpickle."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise DataError(f"{path}: no such checkpoint; check the path")
+    try:
+        return load_file(path, device=str(map_location))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise DataError(f"{path}: not a readable safetensors file ({_first_sentence(exc)}); download it "
+                        "again") from None
+
+
 def _first_sentence(exc: BaseException) -> str:
     text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return text.split(". ")[0][:160]
@@ -127,6 +157,9 @@ LAYOUTS: dict[str, CheckpointLayout] = {
     # mmsegmentation: {"meta": ..., "state_dict": {...}}, keys already "backbone." / "decode_head." / ...
     "mmseg": CheckpointLayout("", (), ("decode_head.conv_seg.weight", "decode_head.conv_seg.bias",
                                        "auxiliary_head.conv_seg.weight", "auxiliary_head.conv_seg.bias")),
+    # Hugging Face SegformerForSemanticSegmentation (model.safetensors, pytorch_model.bin): "segformer."
+    # before the encoder's keys, "decode_head.*" as ours
+    "hf_segformer": CheckpointLayout("segformer."),
     # our own checkpoints (best.pt / top<k>.pt)
     "native": CheckpointLayout(),
 }

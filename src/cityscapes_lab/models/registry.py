@@ -68,6 +68,26 @@ def _unet(num_classes: int = 35, alpha: float = 1.0) -> nn.Module:
 
 HRNET_URL = "https://github.com/hsfzxjy/models.storage/releases/download/HRNet-OCR/"
 INTERNIMAGE_URL = "https://huggingface.co/OpenGVLab/InternImage/resolve/main/"
+SEGFORMER_URL = "https://huggingface.co/nvidia/segformer-{}-finetuned-cityscapes-1024-1024/resolve/main/"
+SEGFORMER_LICENCE = ("NVIDIA Source Code License for SegFormer (NVlabs/SegFormer): non-commercial use only, "
+                     "research or evaluation; the weights' model cards point to it")
+
+
+def _segformer(variant: str, parameters: float, miou: float, multi_scale: float) -> ModelSpec:
+    """A SegFormer entry: the Hugging Face port of NVlabs' Cityscapes 1024x1024 release, with the paper's
+    single-scale val number for it (Table 1(a) of Xie et al. 2021, whose sliding window is ``slide``)."""
+    return ModelSpec(
+        f"cityscapes_lab.models.segformer:segformer_{variant}",
+        f"SegFormer-{variant.upper()}: Mix Transformer encoder + all-MLP decoder ({parameters:.2f} M parameters)",
+        layout="hf_segformer", licence=SEGFORMER_LICENCE, align_corners=False, slide=((1024, 1024), (768, 768)),
+        test_options={"size": "tiny-test"},
+        weights=(PublishedWeights(
+            "pytorch_model.bin", SEGFORMER_URL.format(variant) + "pytorch_model.bin", miou,
+            f"val, single scale, 1024x1024 sliding window (stride 768) over the 1024x2048 images, no flip "
+            f"(multi-scale + flip: {multi_scale})", "train (fine), encoder pretrained on ImageNet-1k", "slide",
+            "the paper's number for NVlabs' checkpoint this file was converted from; a model.safetensors copy is "
+            "only on the repository's unmerged 'Adding safetensors variant' pull-request branch; either loads"),))
+
 
 MODELS: dict[str, ModelSpec] = {
     "unet_paper": ModelSpec(
@@ -102,6 +122,12 @@ MODELS: dict[str, ModelSpec] = {
                                   86.42, "val, multi-scale 0.5-1.75 + flip, whole images (single scale: 86.20)",
                                   "Mapillary, then train (fine) + train_extra (coarse)", "ms-flip",
                                   "upstream issue #306 reports bad outputs from this file: check it on val first"),)),
+    "segformer_b0": _segformer("b0", 3.72, 76.2, 78.1),
+    "segformer_b1": _segformer("b1", 13.68, 78.5, 80.0),
+    "segformer_b2": _segformer("b2", 27.36, 81.0, 82.2),
+    "segformer_b3": _segformer("b3", 47.24, 81.7, 83.3),
+    "segformer_b4": _segformer("b4", 64.01, 82.3, 83.9),
+    "segformer_b5": _segformer("b5", 84.61, 82.4, 84.0),
 }
 
 

@@ -110,7 +110,7 @@ class _Builder:
         def make_rows(ctx: StudyContext) -> RowsTask:
             members = {b: _members(ctx, GroupKey(b, run)) for b in ("ldt", "aldt")}
             return RowsTask(str(ctx.layout.root), str(ctx.data.root), config.to_dict(), approach, run, members,
-                            ctx.processes)
+                            ctx.threads)
 
         rows = self.plan.add(Node(f"rows {group}", "rows", group, tuple(f"rank {GroupKey(b, run)}" for b in bases),
                                   make=make_rows, finished=lambda ctx: (folder / "val" / "ids.json").exists()
@@ -123,7 +123,7 @@ class _Builder:
             out = ctx.layout.training(key)
             return EvalNetTask(str(key), seed_of(key), config.to_dict(),
                                str(folder / "train"), str(folder / "val"), str(out), ctx.data.num_classes,
-                               ctx.show_progress, ctx.processes)
+                               ctx.show_progress, ctx.threads)
 
         rows_estimate = self.sizes.get("train_labeled", 0) * max(1, config.semisup.evalnet_train_loops)
         images = config.semisup.evalnet_epochs * max(1, rows_estimate // self.batch) * self.batch
@@ -163,7 +163,7 @@ class _Builder:
                 teachers = [str(p) for p in top_checkpoints(ctx, source, _teacher_count(recipe, group.n))]
             return SetTask(str(ctx.layout.root), str(ctx.data.root), config.to_dict(), approach,
                            (group.approach, group.run, group.n, group.generation), tuple(teachers), tuple(nets),
-                           tuple(candidates), ctx.processes)
+                           tuple(candidates), ctx.threads)
 
         after = (f"rank {source}",) + ((nets_rank,) if nets_rank else ())
         built = self.plan.add(Node(f"set {group}", "set", group, after, make=make_set,

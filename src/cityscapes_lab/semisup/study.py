@@ -143,17 +143,16 @@ def run_study(data_dir: Path, out: Path, approaches: list[str], config: Config, 
     with study_lock(Path(out), inputs=[data.root]):
         layout, store = open_study(out, data, config)
         plan = plan_study(baselines, semisup, config, data, layout)
-        processes = parallel if executor == "local" else 1
-        note = load_note(cpu_threads(config.train.threads, processes))
-        if note and Runtime.from_config(config.train).device.type == "cpu":
-            log(f"note: {note}")
         progress = StudyProgress(len(plan.trainings), layout.log, show_progress)
         with store:
             runner = make_executor(executor, parallel, ray_address, cpus_per_task, gpus_per_task)
             try:
+                threads = runner.task_threads(config.train.threads)
+                note = load_note(cpu_threads(threads)) if executor != "ray" else None  # Ray's nodes: elsewhere
+                if note and Runtime.from_config(config.train).device.type == "cpu":
+                    log(f"note: {note}")
                 progress.start(sum(row.status in ("done", "failed") for row in store.trainings()))
-                ctx = StudyContext(layout, store, data, config, progress, log, show_progress,
-                                   processes=processes)
+                ctx = StudyContext(layout, store, data, config, progress, log, show_progress, threads=threads)
                 run_plan(plan, ctx, runner, fail_training)
             finally:
                 runner.close()

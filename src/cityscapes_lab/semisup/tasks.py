@@ -34,8 +34,8 @@ def _workspace(root: str, data: str, config: dict) -> Workspace:
     return Workspace(StudyLayout(Path(root)), load_prepared(data), _apply(Config(), config, "the task"))
 
 
-def _threads(config: dict, processes: int) -> None:
-    torch.set_num_threads(cpu_threads(config["train"]["threads"], processes))
+def _threads(config: dict, threads: int) -> None:
+    torch.set_num_threads(cpu_threads(threads or config["train"]["threads"]))
 
 
 @dataclass(frozen=True)
@@ -51,10 +51,10 @@ class SetTask:
     teachers: tuple[str, ...] = ()
     nets: tuple[str, ...] = ()  # the ranked EvalNets
     candidates: tuple[str, ...] = ()  # EvalNet approach: the source group's finished models
-    processes: int = 1
+    threads: int = 0  # torch threads (the executor's share of the cores; 0: all of them)
 
     def run(self) -> dict:
-        _threads(self.config, self.processes)
+        _threads(self.config, self.threads)
         ws = _workspace(self.root, self.data, self.config)
         group, recipe = GroupKey(*self.group), RECIPES[self.approach]
         if recipe.rule == "evalnet_selection":
@@ -76,10 +76,10 @@ class RowsTask:
     approach: str
     run_number: int
     members: dict  # baseline -> finished checkpoints
-    processes: int = 1
+    threads: int = 0  # torch threads (the executor's share of the cores; 0: all of them)
 
     def run(self) -> tuple[str, str]:
-        _threads(self.config, self.processes)
+        _threads(self.config, self.threads)
         ws = _workspace(self.root, self.data, self.config)
         members = {name: [Path(p) for p in paths] for name, paths in self.members.items()}
         train_rows, val_rows = evalnet_rows(ws, self.approach, RECIPES[self.approach], self.run_number, members)
@@ -99,7 +99,7 @@ class EvalNetTask:
     out_dir: str
     num_classes: int
     show_progress: bool = False
-    processes: int = 1
+    threads: int = 0  # torch threads (the executor's share of the cores; 0: all of them)
 
     def run(self) -> TaskResult:
         out = Path(self.out_dir)
@@ -107,7 +107,7 @@ class EvalNetTask:
         if done.exists():
             return TaskResult(**json.loads(done.read_text()))
         out.mkdir(parents=True, exist_ok=True)
-        _threads(self.config, self.processes)
+        _threads(self.config, self.threads)
         note_worker(out)
         start = time.perf_counter()
         config = TrainConfig(**self.config["train"])

@@ -1,6 +1,8 @@
 """Where the study's tasks run: ``serial`` (in this process, one after another), ``local`` (N worker processes on
 this machine) or ``ray`` (Ray core tasks on a cluster, an optional extra). Each has ``slots`` (tasks at once),
-``submit(task) -> handle`` and ``wait() -> (handle, result, error)`` for the next task to finish."""
+``submit(task) -> handle`` and ``wait() -> (handle, result, error)`` for the next task to finish, and
+``task_threads(requested)``: the torch threads of each task, so that tasks at once never oversubscribe a machine
+(``train.threads`` when set; it stays fixed, because on the CPU the thread count changes the numbers)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,9 @@ class SerialExecutor:
     """Each task runs in this process when it is submitted (the default)."""
 
     slots = 1
+
+    def task_threads(self, requested: int) -> int:
+        return requested  # 0: all of this machine's cores
 
     def __init__(self):
         self._done: collections.deque = collections.deque()
@@ -55,6 +60,11 @@ class LocalExecutor:
         self._idle = list(self._workers)
         self._selector = selectors.DefaultSelector()
         self._count = 0
+
+    def task_threads(self, requested: int) -> int:
+        from ..parallel import default_workers
+
+        return requested or max(1, default_workers() // self.slots)  # the processes split this machine's cores
 
     def submit(self, task: Any) -> int:
         from ..worker import send
@@ -115,6 +125,12 @@ class RayExecutor:
         self.slots = max(1, min(by_cpu, by_gpu))
         self._remote = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus_per_task, max_retries=retries)(perform)
         self._refs: set = set()  # the tasks submitted and not yet waited for
+        self.cpus_per_task = cpus_per_task
+
+    def task_threads(self, requested: int) -> int:
+        # the CPUs Ray reserved for the task, whatever the node: threads=0 there would take all the node's cores
+        # while Ray runs other tasks beside it
+        return requested or max(1, int(self.cpus_per_task))
 
     def submit(self, task: Any) -> Any:
         ref = self._remote.remote(task)

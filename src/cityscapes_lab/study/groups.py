@@ -29,7 +29,7 @@ class StudyContext:
     progress: StudyProgress
     log: Callable[[str], None]
     show_progress: bool = True
-    processes: int = 1  # tasks that run at once on one machine (they share its cores)
+    threads: int = 0  # torch threads of each task (the executor's share of a machine's cores; 0: all of them)
     counts: dict[str, int] = field(default_factory=lambda: {"trained": 0, "skipped": 0, "failed": 0})
 
     def skipped(self, node=None) -> None:
@@ -56,7 +56,7 @@ def make_task(ctx: StudyContext, key: TrainingKey, train_set: str, **overrides) 
         train=train, data=str(ctx.data.root), train_set=train_set, out_dir=str(ctx.layout.training(key)),
         eval_splits=tuple(study.eval_splits), full_resolution=study.full_resolution,
         predictions_dir=str(ctx.layout.predictions(key, "")) if study.save_predictions else None,
-        show_progress=ctx.show_progress, processes=ctx.processes, **fields)
+        show_progress=ctx.show_progress, threads=ctx.threads, **fields)
 
 
 def record(ctx: StudyContext, key: TrainingKey, result: TaskResult) -> None:

@@ -42,7 +42,7 @@ class TrainingTask:
     init_checkpoint: str | None = None  # start from these weights
     consistency_views: AugmentParams | None = None  # the photometric augmentation of its two views
     consistency_epochs: int = 0
-    processes: int = 1  # training processes that share this machine's cores (the executor's; train.threads = 0)
+    threads: int = 0  # torch threads (the executor's share of the cores, or train.threads; 0: all of them)
 
     def run(self) -> TaskResult:
         return execute(self)
@@ -66,11 +66,13 @@ def open_train_set(data: PreparedData, train_set: str) -> SplitArrays:
 
 
 def note_worker(out: Path) -> None:
-    """``worker.json``: the host and process running the task now (to find it; nothing reads it back)."""
+    """``worker.json``: the host, process and torch threads running the task now (to find it; nothing reads it
+    back)."""
     import os
     import socket
 
-    atomic.write_json(out / "worker.json", {"host": socket.gethostname(), "pid": os.getpid()})
+    atomic.write_json(out / "worker.json", {"host": socket.gethostname(), "pid": os.getpid(),
+                                            "threads": torch.get_num_threads()})
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,7 @@ def execute(task: TrainingTask) -> TaskResult:
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     config = TrainConfig(**task.train)
-    torch.set_num_threads(cpu_threads(config.threads, task.processes))
+    torch.set_num_threads(cpu_threads(task.threads or config.threads))
     note_worker(out)
     runtime = Runtime.from_config(config)
     data = load_prepared(task.data)
