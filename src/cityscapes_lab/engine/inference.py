@@ -65,6 +65,7 @@ def predict(model: nn.Module, images: np.ndarray, runtime: Runtime) -> np.ndarra
 MS_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 Scores = Callable[[torch.Tensor], torch.Tensor]
+Windowed = Callable[[Scores, torch.Tensor], torch.Tensor]  # scores of a view: whole, or windows averaged
 
 
 @dataclass(frozen=True)
@@ -96,8 +97,8 @@ def mmseg_size(height: int, width: int, scale: float) -> tuple[int, int]:
     return int(height * factor + 0.5), int(width * factor + 0.5)
 
 
-def _hrnet_views(logits: Scores, scores: Callable[[Scores, torch.Tensor], torch.Tensor], back: Scores,
-                 x: torch.Tensor, flip: bool) -> Iterator[torch.Tensor]:
+def _hrnet_views(logits: Scores, scores: Windowed, back: Scores, x: torch.Tensor,
+                 flip: bool) -> Iterator[torch.Tensor]:
     """One map per scale: exp of the mean of a window's logits and its flipped twin's, windows averaged, resized
     back (exp before the resize and the window average, as ``BaseDataset.inference`` returns ``pred.exp()``)."""
     def window(crop: torch.Tensor) -> torch.Tensor:
@@ -107,8 +108,8 @@ def _hrnet_views(logits: Scores, scores: Callable[[Scores, torch.Tensor], torch.
     yield back(scores(window, x))
 
 
-def _mmseg_views(logits: Scores, scores: Callable[[Scores, torch.Tensor], torch.Tensor], back: Scores,
-                 x: torch.Tensor, flip: bool) -> Iterator[torch.Tensor]:
+def _mmseg_views(logits: Scores, scores: Windowed, back: Scores, x: torch.Tensor,
+                 flip: bool) -> Iterator[torch.Tensor]:
     """One map per view: logits resized back, softmax, then flipped back (``EncoderDecoder.inference``)."""
     for flipped in (False, True) if flip else (False,):
         probabilities = torch.softmax(back(scores(logits, x.flip(-1) if flipped else x)), dim=1)
@@ -120,13 +121,13 @@ class CombineRule:
     """How one published protocol resizes an image to a scale and turns its views into score maps."""
 
     size: Callable[[int, int, float], tuple[int, int]]  # (H, W) of an image at a scale
-    pixels: type  # what OpenCV resizes: HRNet its float image (np.float32 in [0, 1]), mmseg the uint8 one
+    floats: bool  # OpenCV resizes the float image in [0, 1] (HRNet: its normalised floats), else the uint8 one
     views: Callable[..., Iterator[torch.Tensor]]  # the score maps of one scale, at the input's size
     mean: bool  # the result: the mean of all maps (mmseg), else their sum (HRNet)
 
 
-RULES = {"softmax": CombineRule(mmseg_size, np.uint8, _mmseg_views, True),
-         "hrnet": CombineRule(hrnet_size, np.float32, _hrnet_views, False)}
+RULES = {"softmax": CombineRule(mmseg_size, False, _mmseg_views, True),
+         "hrnet": CombineRule(hrnet_size, True, _hrnet_views, False)}
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int], align_corners: bool) -> torch.Tensor:
@@ -174,8 +175,8 @@ def infer(model: nn.Module, images: np.ndarray, protocol: InferenceProtocol, num
     runtime = runtime or Runtime(torch.device("cpu"), channels_last=False)
     rule = RULES[protocol.combine]
     n, height, width = images.shape[:3]
-    # the model normalises either: uint8 as it is, or HRNet's float image (its code resizes the normalised floats)
-    pixels = images if rule.pixels is np.uint8 else images.astype(np.float32) / 255
+    # the model normalises either (a float32 x / 255 is what it computes from uint8 x)
+    pixels = images.astype(np.float32) / 255 if rule.floats else images
 
     def logits(x: torch.Tensor) -> torch.Tensor:
         with runtime.autocast():

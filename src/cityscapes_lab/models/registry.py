@@ -69,8 +69,7 @@ def _unet(num_classes: int = 35, alpha: float = 1.0) -> nn.Module:
 HRNET_URL = "https://github.com/hsfzxjy/models.storage/releases/download/HRNet-OCR/"
 INTERNIMAGE_URL = "https://huggingface.co/OpenGVLab/InternImage/resolve/main/"
 SEGFORMER_URL = "https://huggingface.co/nvidia/segformer-{}-finetuned-cityscapes-1024-1024/resolve/main/"
-SEGFORMER_LICENCE = ("NVIDIA Source Code License for SegFormer (NVlabs/SegFormer): non-commercial use only, "
-                     "research or evaluation; the weights' model cards point to it")
+SEGFORMER_LICENCE = "NVIDIA Source Code License (NVlabs/SegFormer): non-commercial, research or evaluation only"
 
 
 def _segformer(variant: str, parameters: float, miou: float, multi_scale: float) -> ModelSpec:
@@ -84,9 +83,9 @@ def _segformer(variant: str, parameters: float, miou: float, multi_scale: float)
         weights=(PublishedWeights(
             "pytorch_model.bin", SEGFORMER_URL.format(variant) + "pytorch_model.bin", miou,
             f"val, single scale, 1024x1024 sliding window (stride 768) over the 1024x2048 images, no flip "
-            f"(multi-scale + flip: {multi_scale})", "train (fine), encoder pretrained on ImageNet-1k", "slide",
-            "the paper's number for NVlabs' checkpoint this file was converted from; a model.safetensors copy is "
-            "only on the repository's unmerged 'Adding safetensors variant' pull-request branch; either loads"),))
+            f"(paper Table 1(a); multi-scale + flip: {multi_scale})", "train (fine), encoder pretrained on "
+            "ImageNet-1k", "slide", "converted by Hugging Face from NVlabs' checkpoint; model.safetensors is only on "
+            "the repository's unmerged safetensors pull-request branch; either file loads"),))
 
 
 MODELS: dict[str, ModelSpec] = {
