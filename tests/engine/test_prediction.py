@@ -93,7 +93,9 @@ def test_predict_json_names_the_weights_file(unet_checkpoint, raw_small, tmp_pat
 def test_zoo_list_names_every_published_number(capsys):
     printed = run(["zoo", "list"], capsys)
     for text in ("81.60", "82.27", "84.41", "86.42", "73.31", "77.04", "84.83", "SERNet-Former: not runnable",
-                 "hrnet_ocr_cs_8162_torch11.pth", "upernet_internimage_xl_512x1024_160k_mapillary2cityscapes.pth"):
+                 "hrnet_ocr_cs_8162_torch11.pth", "upernet_internimage_xl_512x1024_160k_mapillary2cityscapes.pth",
+                 "76.20", "82.40", "nvidia/segformer-b5-finetuned-cityscapes-1024-1024/resolve/main/pytorch_model.bin",
+                 "non-commercial"):
         assert text in printed
 
 
