@@ -3,7 +3,8 @@
 Side by side in one run: the study's original code (the peer, below), a plain PyTorch port (NCHW,
 F.cross_entropy), cityscapes-lab's step (channels-last end to end, the blocked cross-entropy), compiled, and with
 bf16 autocast; on a GPU, bf16 and peak GPU memory. ``--rounds`` repeats the whole set, alternating the order,
-and every row is the median of its rounds (each round: the median of ``--steps`` steps after 2 warm-up steps).
+and every row is the median of its rounds (each round: the median of ``--steps`` steps after 2 warm-up steps;
+each variant in a fresh process, as the peer).
 Both sides use the same number of threads: PyTorch's intra-op threads = the CPUs of this process, passed to the
 peer as TensorFlow's intra-op threads. --memory also measures the peak memory of whole paper-protocol trainings
 at the study's sizes.
@@ -45,20 +46,25 @@ from results import markdown_table, record  # noqa: E402
 
 from cityscapes_lab.engine.losses import pixel_cross_entropy  # noqa: E402
 from cityscapes_lab.engine.optim import DecoupledAdamW  # noqa: E402
+from cityscapes_lab.memory import keep_freed_memory  # noqa: E402
 from cityscapes_lab.models import build_model  # noqa: E402
 
-VARIANTS = {  # name -> (channels_last, our loss, compile, autocast dtype)
-    "plain PyTorch port (NCHW, F.cross_entropy)": (False, False, False, None),
-    "cityscapes-lab, fp32 (channels-last, blocked loss)": (True, True, False, None),
-    "cityscapes-lab, fp32, torch.compile": (True, True, True, None),
-    "cityscapes-lab, bf16 autocast (opt-in)": (True, True, False, torch.bfloat16),
-    "cityscapes-lab, bf16 autocast, torch.compile": (True, True, True, torch.bfloat16),
+# name -> (channels_last, our loss, compile, autocast dtype, keep freed memory as training does: memory.py)
+VARIANTS = {
+    "plain PyTorch port (NCHW, F.cross_entropy)": (False, False, False, None, False),
+    "cityscapes-lab, fp32, glibc's default malloc (before memory.py)": (True, True, False, None, False),
+    "cityscapes-lab, fp32 (channels-last, blocked loss)": (True, True, False, None, True),
+    "cityscapes-lab, fp32, torch.compile": (True, True, True, None, True),
+    "cityscapes-lab, bf16 autocast (opt-in)": (True, True, False, torch.bfloat16, True),
+    "cityscapes-lab, bf16 autocast, torch.compile": (True, True, True, torch.bfloat16, True),
 }
 
 
 def step_speed(alpha: float, batch: int, steps: int, device: torch.device, channels_last: bool, our_loss: bool,
-               compiled: bool, dtype: torch.dtype | None) -> tuple[float, float]:
+               compiled: bool, dtype: torch.dtype | None, keep_memory: bool) -> tuple[float, float]:
     """(images per second, peak GPU memory in GiB or NaN) of full training steps, median of ``steps``."""
+    if keep_memory:
+        keep_freed_memory()
     torch.manual_seed(0)
     model = build_model("unet_paper", num_classes=35, alpha=alpha).to(device)
     images = torch.randint(0, 256, (batch, 208, 416, 3), dtype=torch.uint8, device=device).permute(0, 3, 1, 2)
@@ -95,6 +101,17 @@ def step_speed(alpha: float, batch: int, steps: int, device: torch.device, chann
 
 
 PEER = "the study's original code (Keras, tensorflow-cpu, fp32)"
+
+
+def variant_speed(name: str, alpha: float, batch: int, steps: int) -> tuple[float, float]:
+    """``step_speed`` of one variant in a fresh process (as the peer runs), so that no variant inherits another's
+    allocator state or warm caches."""
+    result = subprocess.run([sys.executable, __file__, "--one", name, "--alphas", str(alpha), "--batch", str(batch),
+                             "--steps", str(steps)], capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"{name} failed: {result.stderr[-1500:]}")
+    speed, peak = json.loads(result.stdout.strip().splitlines()[-1])
+    return speed, float("nan") if peak is None else peak
 
 
 def keras_speed(python: str, original: str, alpha: float, batch: int, steps: int) -> dict | None:
@@ -165,14 +182,19 @@ def main() -> None:
     parser.add_argument("--skip-compile", action="store_true")
     parser.add_argument("--memory", action="store_true", help="also measure peak memory of whole trainings")
     parser.add_argument("--memory-only", action="store_true", help="only measure the memory of whole trainings")
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one variant, JSON on stdout
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(len(os.sched_getaffinity(0)))
+    if args.one:
+        speed, peak = step_speed(float(args.alphas), args.batch, args.steps, device, *VARIANTS[args.one])
+        print(json.dumps([speed, None if np.isnan(peak) else peak]))
+        return
     if args.keras_python and not args.original:
         parser.error("--keras-python needs --original (or IM_ORIGINAL): the study's repository")
     rows, notes, peer_info = [], [], None
     for alpha in ([] if args.memory_only else [float(a) for a in args.alphas.split(",")]):
-        names = ([PEER] if args.keras_python else []) + [name for name, (_, _, compiled, _) in VARIANTS.items()
+        names = ([PEER] if args.keras_python else []) + [name for name, (_, _, compiled, _, _) in VARIANTS.items()
                                                          if not (compiled and args.skip_compile)]
         speeds: dict[str, list[float]] = {name: [] for name in names}
         peaks: dict[str, list[float]] = {name: [] for name in names}
@@ -183,7 +205,7 @@ def main() -> None:
                     if peer_info is not None:
                         speeds[name].append(peer_info["images_per_s"])
                     continue
-                speed, peak = step_speed(alpha, args.batch, args.steps, device, *VARIANTS[name])
+                speed, peak = variant_speed(name, alpha, args.batch, args.steps)
                 speeds[name].append(speed)
                 peaks[name].append(peak)
                 print(f"round {round_ + 1}: {name}, alpha {alpha}: {speed:.2f} images/s", flush=True)
@@ -196,7 +218,10 @@ def main() -> None:
     if rows:
         notes.append(f"{device.type}, batch {args.batch}, 416x208, 35 classes, AdamW; each row the median of "
                      f"{args.rounds} alternating rounds, each round the median of {args.steps} steps after 2 "
-                     "warm-up steps; ratios against the study's original code where measured, else the plain port.")
+                     "warm-up steps, each variant in a fresh process; ratios against the study's original code "
+                     "where measured, else the plain port. Training keeps freed memory (cityscapes_lab.memory: "
+                     "glibc serves large blocks from its heap, so steps do not page-fault their activations in "
+                     "again); the 'default malloc' row is the same step without it.")
         notes.append(f"threads: PyTorch {torch.get_num_threads()} intra-op (OMP_NUM_THREADS "
                      f"{os.environ.get('OMP_NUM_THREADS', 'unset')}), THP_MEM_ALLOC_ENABLE="
                      f"{os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}"

@@ -94,3 +94,15 @@ def test_list_defaults_are_not_shared_between_instances():
     first.study.eval_splits.clear()
     fresh = Config()
     assert fresh.aldt.contrast == [0.6, 1.4] and fresh.study.eval_splits == Config().study.eval_splits != []
+
+
+def test_the_shipped_semi_supervised_recipe_is_valid_settings():
+    """configs/ssl-supervised.toml (README: the supervised baseline of the semi-supervised benchmark) loads as
+    settings, with the values the README states."""
+    from pathlib import Path
+
+    recipe = load_config(Path(__file__).parents[1] / "configs" / "ssl-supervised.toml")
+    train = recipe.train
+    assert (train.optimizer, train.lr, train.batch_size, train.lr_reference_batch, train.epochs) == ("sgd", 0.005, 8, 8, 240)
+    assert (train.loss, train.ohem_threshold, train.ohem_min_kept, train.schedule) == ("ohem", 0.7, 200_000, "poly")
+    assert recipe.online.crop == [801, 801] and recipe.online.scale == [0.5, 2.0]

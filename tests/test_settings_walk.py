@@ -88,6 +88,7 @@ class Outcome:
     lrs: list = field(default_factory=list)  # learning rate of each optimiser step
     grad_norms: list = field(default_factory=list)  # global gradient norm at each optimiser step
     compiled: bool = False
+    optimizer: str = ""  # the optimizer's class
 
 
 _runs = itertools.count()
@@ -105,6 +106,7 @@ def _run(kind: str, config: TrainConfig, tmp_path, poison: bool, monkeypatch) ->
 
     def recording_optimizer(*args):
         optimizer = original(*args)
+        seen.optimizer = type(optimizer).__name__
 
         def before_step(opt, args, kwargs):
             seen.lrs.append(opt.param_groups[0]["lr"])
@@ -224,6 +226,15 @@ def eval_batch_size(base, changed):
     assert max(base.eval_sizes) == 4 and max(changed.eval_sizes) == 3
 
 
+def linear_rule(base, changed):  # batch 4 with a recipe made for batch 2: twice the learning rate
+    assert set(base.lrs) == {0.003} and changed.lrs == pytest.approx([0.006] * len(base.lrs))
+
+
+def sgd(base, changed):
+    assert base.optimizer == "DecoupledAdamW" and changed.optimizer == "SGD"
+    assert differ(base.weights, changed.weights)
+
+
 #: key -> (value, check, the kinds where it does not apply and why)
 ENGINE = {
     "train.epochs": (3, epochs),
@@ -243,6 +254,10 @@ ENGINE = {
     "train.recompute": ("on", recompute),
     "train.eval_batch_size": (3, eval_batch_size),
     "train.aux_weight": (0.2, refused("has no auxiliary head")),
+    "train.lr_reference_batch": (2, linear_rule),
+    "train.head_lr_multiplier": (10.0, refused("has no pretrained backbone")),
+    "train.optimizer": ("sgd", sgd),
+    "train.sync_bn": ("on", refused("SyncBatchNorm needs several processes on GPUs")),
 }
 NOT_APPLICABLE = {("train.aux_weight", "evalnet"): "the EvalNet is not the segmentation network it weights"}
 
@@ -358,8 +373,86 @@ def test_threads_and_device(tiny_paper, tmp_path, monkeypatch):
             Runtime.from_config(TrainConfig(device="cuda"))
 
 
+def test_sgd_momentum_and_the_settings_that_belong_to_one_optimizer(tmp_path):
+    still = run("standard", dataclasses.replace(BASE, optimizer="sgd", momentum=0.0), tmp_path)
+    moving = run("standard", dataclasses.replace(BASE, optimizer="sgd"), tmp_path)
+    assert still.optimizer == moving.optimizer == "SGD" and differ(still.weights, moving.weights)
+    with pytest.raises(ConfigError, match="train.momentum applies to SGD only"):
+        TrainConfig(momentum=0.5)
+    for key, value in (("weight_decay_rule", "lr_scaled"), ("adam_eps", 1e-3), ("adam_epsilon_rule", "keras")):
+        with pytest.raises(ConfigError, match=f"train.{key} applies to AdamW only"):
+            TrainConfig(optimizer="sgd", **{key: value})
+
+
+def test_ohem_keeps_the_hard_pixels_on_a_hand_made_example():
+    from cityscapes_lab.engine.losses import ohem_cross_entropy
+
+    # two classes, 2x3 pixels: the probability of each pixel's label is sigmoid(logit0 - logit1) for label 0
+    probability = torch.tensor([[0.9, 0.6, 0.3], [0.8, 0.5, 0.95]])
+    logits = torch.stack([torch.log(probability), torch.log(1 - probability)])[None]  # (1, 2, 2, 3)
+    labels = torch.zeros((1, 2, 3), dtype=torch.long)
+    labels[0, 1, 2] = 255  # ignored: never kept
+    nll = -torch.log(probability)
+
+    def expected(*pixels):
+        return float(torch.stack([nll[p] for p in pixels]).mean())
+
+    hard = [(0, 1), (0, 2), (1, 1)]  # probability <= 0.7
+    assert float(ohem_cross_entropy(logits, labels, 255, 0.7, 2)) == pytest.approx(expected(*hard))
+    # at least 4 kept: the threshold rises to the 4th smallest probability (0.8)
+    assert float(ohem_cross_entropy(logits, labels, 255, 0.7, 4)) == pytest.approx(expected(*hard, (1, 0)))
+    # no more counted pixels than min_kept: all of them
+    assert float(ohem_cross_entropy(logits, labels, 255, 0.7, 5)) == pytest.approx(
+        expected((0, 0), (0, 1), (0, 2), (1, 0), (1, 1)))
+
+
+def test_the_ohem_loss_trains_and_is_refused_where_there_is_no_pixel_loss(base_outcomes, tmp_path):
+    for kind in ("study", "standard", "consistency"):
+        ohem = run(kind, dataclasses.replace(BASE, loss="ohem", ohem_min_kept=64), tmp_path)
+        assert ohem.error is None and differ(base_outcomes[kind].weights, ohem.weights), kind
+    refused("an EvalNet regresses scores")(None, run("evalnet", dataclasses.replace(BASE, loss="ohem"), tmp_path))
+    for key, value in (("ohem_threshold", 0.5), ("ohem_min_kept", 10)):
+        with pytest.raises(ConfigError, match=f"train.{key} applies to train.loss=ohem only"):
+            TrainConfig(**{key: value})
+
+
+class Backboned(nn.Module):
+    """A toy network of the registry contract with a ``backbone`` (as DeepLabV3+)."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Conv2d(4, 19, 1)
+
+    def forward(self, images):
+        return self.head(torch.relu(self.backbone(images.float() / 255)))
+
+
+def test_head_lr_multiplier_sets_the_rest_of_the_network_apart_from_the_backbone(tmp_path):
+    config = dataclasses.replace(BASE, head_lr_multiplier=10.0, schedule="poly")
+    model = Backboned()
+    runtime = Runtime.from_config(config)
+    training = kinds.standard(model, TRAIN19, VAL19, Config(train=config, online=OnlineAugmentConfig(crop=[16, 32])),
+                              runtime, seed=0)
+    rates = []
+    original = engine.make_optimizer
+
+    def recording(*args):
+        optimizer = original(*args)
+        optimizer.register_step_pre_hook(lambda opt, a, k: rates.append([g["lr"] for g in opt.param_groups]))
+        return optimizer
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine, "make_optimizer", recording)
+        engine.train(model, training, config, runtime, checkpoint=tmp_path / "last.pt", show_progress=False)
+    groups = engine.parameter_groups(model, 10.0)
+    assert [len(g["params"]) for g in groups] == [2, 2]  # backbone weight and bias; the head's
+    assert rates[0] == pytest.approx([0.003, 0.03]) and all(head == pytest.approx(10 * b) for b, head in rates)
+    assert rates[-1][0] < rates[0][0]  # the schedule scales both
+
+
 SPECIAL = {"train.epochs", "train.model", "train.alpha", "train.threads", "train.device", "train.nan_check",
-           "train.adam_epsilon_rule"}
+           "train.adam_epsilon_rule", "train.momentum", "train.loss", "train.ohem_threshold", "train.ohem_min_kept"}
 
 
 # --- the study's settings: tiny studies, each beside one with the default ----------------------------------------

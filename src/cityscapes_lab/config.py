@@ -44,6 +44,13 @@ class TrainConfig:
     steps_per_epoch: int = setting(0, "steps per epoch (of each pass of an epoch); 0 = each training's own rule "
                                       "(the study: N // batch_size)")
     lr: float = setting(0.003, "peak learning rate (config.ini LR)")
+    lr_reference_batch: int = setting(0, "the linear rule: the learning rate is train.lr x batch_size / this (the "
+                                         "total batch the recipe's lr was set for; 0 = train.lr as it is)")
+    head_lr_multiplier: float = setting(1.0, "learning rate of everything but the network's pretrained backbone "
+                                             "(x train.lr; UniMatch: 1 on Cityscapes, 10 on Pascal)")
+    optimizer: str = setting("adamw", "adamw (the study's, decoupled weight decay) or sgd (momentum, weight decay "
+                                      "as an L2 term: the semi-supervised benchmark's)")
+    momentum: float = setting(0.9, "SGD momentum (train.optimizer sgd)")
     schedule: str = setting("constant", "learning rate after the warm-up: constant (the study) or poly (power 0.9 "
                                         "to 0 at the last step)")
     warmup_steps: int = setting(0, "linear learning-rate warm-up over this many optimiser steps (0 = none)")
@@ -65,6 +72,13 @@ class TrainConfig:
     compile: bool = setting(False, "torch.compile the training step's model (slow first step, faster after)")
     recompute: str = setting("auto", "recompute activations in the backward pass: half the memory, ~10% more time; "
                                      "auto = on for the CPU with large batches (1M pixels and more); on; off")
+    loss: str = setting("cross_entropy", "pixel loss of segmentation training: cross_entropy, or ohem (online hard "
+                                         "example mining: only pixels whose true-class probability is below "
+                                         "train.ohem_threshold, at least train.ohem_min_kept of them)")
+    ohem_threshold: float = setting(0.7, "OHEM: pixels whose probability of their label is at most this are kept")
+    ohem_min_kept: int = setting(200_000, "OHEM: at least this many pixels per process and batch are kept (the "
+                                          "hardest)")
+    sync_bn: str = setting("auto", "SyncBatchNorm under DDP: auto (on GPUs with several processes), on, off")
     aux_weight: float = setting(0.4, "weight of an auxiliary head's loss (HRNet-OCR, UperNet; the originals: 0.4); "
                                      "another value for a network without one is refused")
     eval_batch_size: int = setting(16, "images per forward pass when predicting (does not change results)")
@@ -95,6 +109,27 @@ class TrainConfig:
         _check(self.aux_weight >= 0, "train.aux_weight", "must be >= 0")
         _check(self.eval_batch_size >= 1, "train.eval_batch_size", "must be >= 1")
         _check(self.threads >= 0, "train.threads", "must be >= 0")
+        _check(self.lr_reference_batch >= 0, "train.lr_reference_batch", "must be >= 0 (0: no scaling)")
+        _check(self.head_lr_multiplier > 0, "train.head_lr_multiplier", "must be > 0")
+        _check(self.optimizer in ("adamw", "sgd"), "train.optimizer", "must be adamw or sgd")
+        _check(0 <= self.momentum < 1, "train.momentum", "must be in [0, 1)")
+        _check(self.loss in ("cross_entropy", "ohem"), "train.loss", "must be cross_entropy or ohem")
+        _check(0 < self.ohem_threshold <= 1, "train.ohem_threshold", "must be in (0, 1]")
+        _check(self.ohem_min_kept >= 0, "train.ohem_min_kept", "must be >= 0")
+        _check(self.sync_bn in ("auto", "on", "off"), "train.sync_bn", "must be auto, on or off")
+        defaults = type(self)
+        if self.optimizer == "sgd":
+            for key in ("weight_decay_rule", "adam_eps", "adam_epsilon_rule"):
+                _check(getattr(self, key) == getattr(defaults, key), f"train.{key}",
+                       "applies to AdamW only (train.optimizer sgd: weight decay is its L2 term); leave it at "
+                       "its default")
+        else:
+            _check(self.momentum == defaults.momentum, "train.momentum",
+                   "applies to SGD only; set train.optimizer=sgd, or leave it at its default")
+        if self.loss != "ohem":
+            for key in ("ohem_threshold", "ohem_min_kept"):
+                _check(getattr(self, key) == getattr(defaults, key), f"train.{key}",
+                       "applies to train.loss=ohem only; set it, or leave this at its default")
 
 
 @dataclass(frozen=True)

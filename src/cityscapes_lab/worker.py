@@ -18,6 +18,8 @@ import threading
 import time
 import traceback
 
+from .memory import keep_freed_memory
+
 _LENGTH = struct.Struct("<Q")
 
 
@@ -60,17 +62,6 @@ def pack_error(exc: BaseException) -> tuple[BaseException, str]:
     return exc, text
 
 
-def _keep_freed_memory() -> None:
-    """Workers allocate and free the same large image buffers over and over; by default glibc hands each back to
-    the system and page-faults it in again (about 10% of an evaluation's time). Keep them instead."""
-    try:
-        libc = ctypes.CDLL(None)
-        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: glibc's largest; bigger blocks are rare
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):  # not glibc: keep its defaults
-        pass
-
-
 def _die_with(parent: int) -> None:
     """Exit as soon as the parent is gone: at once on Linux (the kernel's parent-death signal), else within a
     second (a watchdog thread). An idle worker also sees its task pipe close."""
@@ -96,7 +87,7 @@ def serve(task_fd: int, result_fd: int, parent: int) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the parent decides
     _die_with(parent)
-    _keep_freed_memory()
+    keep_freed_memory()  # workers allocate and free the same large image buffers over and over
     tasks: queue.SimpleQueue = queue.SimpleQueue()
 
     def read() -> None:

@@ -37,12 +37,13 @@ from .validation import evalnet_figures, mean_cross_entropy, official_miou, vali
 def cross_entropy_step(model: nn.Module, config: TrainConfig, ignore_index: int | None) -> CrossEntropy:
     """Cross-entropy, with train.aux_weight for a network that has an auxiliary head (another value than the
     default for one that has none is refused: it would be ignored)."""
+    ohem = (config.ohem_threshold, config.ohem_min_kept) if config.loss == "ohem" else None
     if has_aux_head(model):
-        return CrossEntropy(ignore_index, config.aux_weight)
+        return CrossEntropy(ignore_index, config.aux_weight, ohem)
     if config.aux_weight != TrainConfig.aux_weight:
         raise ConfigError(f"train.aux_weight {config.aux_weight}: {type(model).__name__} has no auxiliary head; "
                           "leave train.aux_weight at its default")
-    return CrossEntropy(ignore_index)
+    return CrossEntropy(ignore_index, ohem=ohem)
 
 
 def study(model: nn.Module, train: SplitArrays, val: SplitArrays, config: TrainConfig, runtime: Runtime, *,
@@ -91,6 +92,9 @@ def evalnet(model: nn.Module, rows, val_rows, config: TrainConfig, runtime: Runt
             seed: int) -> Training:
     """An EvalNet (notes 5.8): MSE on the IoU targets + BCE on detection, rows // batch steps per epoch, the
     epoch with the lowest validation loss."""
+    if config.loss != TrainConfig.loss:
+        raise ConfigError(f"train.loss {config.loss}: an EvalNet regresses scores, it has no pixel loss; leave "
+                          "train.loss at its default for EvalNets")
     phase = Phase(EvalNetBatches(rows), EvalNetLoss(), seed, max(1, len(rows) // runtime.batch_size))
     measure = lambda m: evalnet_figures(m, val_rows, runtime)  # noqa: E731
     return Training((phase,), Validation(measure, "total_loss", higher_is_better=False), epochs, keras_epsilon=True)

@@ -68,3 +68,27 @@ def pixel_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index
     if logits.device.type != "cpu" or torch.compiler.is_compiling():
         return F.cross_entropy(logits.float(), target, ignore_index=-100 if ignore_index is None else ignore_index)
     return _PixelCrossEntropy.apply(logits, target, -100 if ignore_index is None else ignore_index)
+
+
+def ohem_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None, threshold: float,
+                       min_kept: int) -> torch.Tensor:
+    """Cross-entropy over the hard pixels only (online hard example mining, as the semi-supervised benchmark's
+    recipe uses it): the counted pixels whose predicted probability of their label is at most ``threshold``;
+    when fewer than ``min_kept`` are, the threshold rises to the ``min_kept``-th smallest probability (so the
+    ``min_kept`` hardest are kept); when the batch has no more than ``min_kept`` counted pixels, all of them.
+    The mean over the kept pixels."""
+    per_pixel = F.cross_entropy(logits.float(), target, reduction="none",
+                                ignore_index=-100 if ignore_index is None else ignore_index)
+    valid = target != (-100 if ignore_index is None else ignore_index)
+    with torch.no_grad():
+        probability = torch.where(valid, torch.exp(-per_pixel), 1.0)  # of the label: exp(-cross-entropy)
+        counted = int(valid.sum())
+        if counted <= min_kept:
+            kept = valid
+        else:
+            limit = threshold
+            if min_kept > 0:
+                kth = torch.kthvalue(probability.flatten(), min_kept).values
+                limit = max(threshold, float(kth))
+            kept = valid & (probability <= limit)
+    return (per_pixel * kept).sum() / kept.sum().clamp_min(1)

@@ -4,8 +4,9 @@ every loss is computed in fp32.
 ===================  =============================================================================
 step                 loss
 ===================  =============================================================================
-``CrossEntropy``     pixel cross-entropy (35 paper indices, or 19 trainIds with 255 ignored), plus
-                     ``aux_weight`` x the auxiliary head's for networks that have one (HRNet-OCR, UperNet)
+``CrossEntropy``     pixel cross-entropy (35 paper indices, or 19 trainIds with 255 ignored), or its OHEM
+                     form (the hard pixels only), plus ``aux_weight`` x the auxiliary head's for networks
+                     that have one (HRNet-OCR, UperNet)
 ``Consistency``      mean squared difference of the softmax outputs of two views of the same images
 ``EvalNetLoss``      MSE on the per-class IoU targets + BCE on the per-class detection targets
 ===================  =============================================================================
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .losses import pixel_cross_entropy
+from .losses import ohem_cross_entropy, pixel_cross_entropy
 from .runtime import Runtime
 from .sources import Batch
 
@@ -36,6 +37,12 @@ def has_aux_head(model: nn.Module) -> bool:
 class CrossEntropy:
     ignore_index: int | None = None
     aux_weight: float = 0.0  # > 0: the model's auxiliary head adds its weighted loss
+    ohem: tuple[float, int] | None = None  # (threshold, min_kept): only the hard pixels count
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.ohem is None:
+            return pixel_cross_entropy(logits.float(), labels, self.ignore_index)
+        return ohem_cross_entropy(logits, labels, self.ignore_index, *self.ohem)
 
     def __call__(self, model: nn.Module, batch: Batch, runtime: Runtime) -> torch.Tensor:
         images, labels = batch
@@ -43,9 +50,8 @@ class CrossEntropy:
             outputs = model(images, return_aux=True) if self.aux_weight > 0 else model(images)
         if isinstance(outputs, tuple):
             main, aux = outputs
-            return (pixel_cross_entropy(main.float(), labels, self.ignore_index)
-                    + self.aux_weight * pixel_cross_entropy(aux.float(), labels, self.ignore_index))
-        return pixel_cross_entropy(outputs.float(), labels, self.ignore_index)
+            return self.loss(main, labels) + self.aux_weight * self.loss(aux, labels)
+        return self.loss(outputs, labels)
 
 
 def consistency_loss(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from ..config import TrainConfig
 from ..errors import ConfigError
+from ..memory import keep_freed_memory
 from ..models.checkpoints import load_checkpoint, save_checkpoint
 from .optim import DecoupledAdamW
 from .runtime import Runtime
@@ -88,23 +89,61 @@ class FitResult:
         return len(self.history)
 
 
+def peak_lr(config: TrainConfig) -> float:
+    """train.lr, scaled by the linear rule when train.lr_reference_batch is set: the learning rate follows the
+    total batch (over all processes)."""
+    return config.lr * (config.batch_size / config.lr_reference_batch if config.lr_reference_batch else 1.0)
+
+
 def learning_rate(config: TrainConfig, step: int, total: int) -> float:
     """The learning rate of optimiser step ``step`` (0-based) of ``total``: a linear warm-up over
     ``train.warmup_steps``, then constant (the study) or poly (power 0.9 to 0 at ``total``)."""
+    peak = peak_lr(config)
     if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
+        return peak * (step + 1) / config.warmup_steps
     if config.schedule == "poly":
         done = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
-        return config.lr * (1 - done) ** 0.9
-    return config.lr
+        return peak * (1 - done) ** 0.9
+    return peak
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig, keras_epsilon_auto: bool) -> DecoupledAdamW:
-    """The study's AdamW, with the weight decay and epsilon rules of the settings."""
+def parameter_groups(model: nn.Module, head_lr_multiplier: float) -> list[dict]:
+    """All parameters in one group, or (train.head_lr_multiplier) the backbone's at the learning rate and the
+    rest at ``head_lr_multiplier`` times it (``lr_scale``); ConfigError for a network without a ``backbone``."""
+    if head_lr_multiplier == 1.0:
+        return [{"params": list(model.parameters()), "lr_scale": 1.0}]
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, nn.Module):
+        raise ConfigError(f"train.head_lr_multiplier {head_lr_multiplier}: {type(model).__name__} has no "
+                          "pretrained backbone to set apart; leave it at 1")
+    inside = {id(p) for p in backbone.parameters()}
+    return [{"params": [p for p in model.parameters() if id(p) in inside], "lr_scale": 1.0},
+            {"params": [p for p in model.parameters() if id(p) not in inside], "lr_scale": head_lr_multiplier}]
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig, keras_epsilon_auto: bool) -> torch.optim.Optimizer:
+    """The optimizer of the settings: the study's AdamW (its weight decay and epsilon rules), or SGD with
+    momentum and an L2 weight decay (the semi-supervised benchmark's recipe)."""
+    groups = parameter_groups(model, config.head_lr_multiplier)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=peak_lr(config), momentum=config.momentum,
+                               weight_decay=config.weight_decay)
     rule = config.adam_epsilon_rule
-    return DecoupledAdamW(model.parameters(), lr=config.lr, decay=config.weight_decay, eps=config.adam_eps,
+    return DecoupledAdamW(groups, lr=peak_lr(config), decay=config.weight_decay, eps=config.adam_eps,
                           keras_epsilon=rule == "keras" or (rule == "auto" and keras_epsilon_auto),
                           decay_scaled_by_lr=config.weight_decay_rule == "lr_scaled")
+
+
+def sync_batch_norm(model: nn.Module, config: TrainConfig, runtime: Runtime) -> nn.Module:
+    """train.sync_bn: BatchNorm statistics over all processes under DDP on GPUs (auto, on), or per process (off);
+    ConfigError for on where it cannot apply (PyTorch's SyncBatchNorm runs on GPUs only)."""
+    distributed_gpus = runtime.world_size > 1 and runtime.device.type == "cuda"
+    if config.sync_bn == "on" and not distributed_gpus:
+        raise ConfigError("train.sync_bn on: SyncBatchNorm needs several processes on GPUs (torchrun with CUDA); "
+                          "use auto, which turns it on there and off elsewhere")
+    if distributed_gpus and config.sync_bn != "off":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
 
 
 def set_recompute(model: nn.Module, config: TrainConfig, runtime: Runtime, pixels: int) -> None:
@@ -150,10 +189,12 @@ def train(model: nn.Module, training: Training, config: TrainConfig, runtime: Ru
     """Train ``model`` as ``training`` describes; returns the best epoch's weights and figures.
     Raises TrainingDiverged when the loss becomes NaN or infinite (checked as train.nan_check says)."""
     phases, validation = training.phases, training.validation
+    keep_freed_memory()  # a CPU step otherwise page-faults its activations in again every step (memory.py)
     set_recompute(model, config, runtime, max(phase.source.pixels for phase in phases))
     model.to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
+    model = sync_batch_norm(model, config, runtime)
     optimizer = make_optimizer(model, config, training.keras_epsilon)
     scaler = runtime.loss_scaler()
     steps = [config.steps_per_epoch or phase.steps for phase in phases]
@@ -189,7 +230,7 @@ def train(model: nn.Module, training: Training, config: TrainConfig, runtime: Ru
                 for step in range(first, first + count):
                     lr = learning_rate(config, step_number, total_steps)
                     for group in optimizer.param_groups:
-                        group["lr"] = lr
+                        group["lr"] = lr * group.get("lr_scale", 1.0)  # (older checkpoints: one group)
                     batch = phase.source.batch(stream.batch(step)[runtime.rank::runtime.world_size], step, runtime)
                     loss = phase.step(forward, batch, runtime)
                     if config.nan_check == "step" and not _finite_everywhere(loss.detach(), runtime):
