@@ -27,6 +27,7 @@ its metrics and tf.data pipeline), in its own Python environment. Set it up once
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -129,8 +130,9 @@ def keras_speed(python: str, original: str, alpha: float, batch: int, steps: int
 MEMORY_SCRIPT = """
 import re, sys
 from cityscapes_lab.study.tasks import TrainingTask, execute
-task = TrainingTask(key="memory", seed=0, train=dict(epochs=1, steps_per_epoch=3, threads=0), data=sys.argv[1],
-                    train_set=sys.argv[2], out_dir=sys.argv[3], show_progress=False)
+task = TrainingTask(key="memory", seed=0, train=dict(epochs=1, steps_per_epoch=3, threads=0,
+                    keep_freed_memory=sys.argv[4] == "keep"), data=sys.argv[1], train_set=sys.argv[2],
+                    out_dir=sys.argv[3], show_progress=False)
 result = execute(task)
 assert result.status == "done", result
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork+exec, so it would report the benchmark's own peak
@@ -234,13 +236,14 @@ def main() -> None:
     if args.memory or args.memory_only:
         with tempfile.TemporaryDirectory() as tmp:
             data = fake_paper_data(Path(tmp) / "data")
-            for split in ("train_labeled", "train_full"):
-                out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(data), split, str(Path(tmp) / split)],
-                                     capture_output=True, text=True)
+            for split, memory in itertools.product(("train_labeled", "train_full"), ("keep", "hand back")):
+                out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(data), split,
+                                      str(Path(tmp) / f"{split}-{memory}"), memory], capture_output=True, text=True)
                 peak = float(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else float("nan")
                 count = json.loads((data / "meta.json").read_text())["counts"][split]
+                setting = "default settings" if memory == "keep" else "train.keep_freed_memory=false"
                 notes.append(f"peak memory (peak resident set) of a whole paper-protocol training task on {split} "
-                             f"({count} images at 416x208, batch 32, fp32, default settings: 3 steps, validation on "
+                             f"({count} images at 416x208, batch 32, fp32, {setting}: 3 steps, validation on "
                              f"250 images, then scoring of val, test and train_unlabeled): {peak:.2f} GiB")
     title = "memory of whole paper-protocol trainings" if args.memory_only else \
         f"train_step: the study's U-Net, one training step ({device.type})"

@@ -97,7 +97,7 @@ def test_workers_exit_when_the_main_process_is_killed(command, raw_small, tmp_pa
     else:
         args = [sys.executable, "-c", "import sys, torch; from cityscapes_lab.cli import main; main(sys.argv[1:])",
                 "prepare", "--raw", str(raw_small), "--out", str(tmp_path / "p"), "--protocol", "standard",
-                "--workers", "2"]
+                "--split-family", "seeded", "--workers", "2"]
     main = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60

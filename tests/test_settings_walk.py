@@ -451,7 +451,16 @@ def test_head_lr_multiplier_sets_the_rest_of_the_network_apart_from_the_backbone
     assert rates[-1][0] < rates[0][0]  # the schedule scales both
 
 
-SPECIAL = {"train.epochs", "train.model", "train.alpha", "train.threads", "train.device", "train.nan_check",
+def test_keep_freed_memory_is_applied_by_the_training_that_asks_for_it(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(engine, "keep_freed_memory", lambda: calls.append(1))
+    run("study", BASE, tmp_path)
+    assert calls == [1]
+    run("study", dataclasses.replace(BASE, keep_freed_memory=False), tmp_path)
+    assert calls == [1]
+
+
+SPECIAL = {"train.keep_freed_memory", "train.epochs", "train.model", "train.alpha", "train.threads", "train.device", "train.nan_check",
            "train.adam_epsilon_rule", "train.momentum", "train.loss", "train.ohem_threshold", "train.ohem_min_kept"}
 
 

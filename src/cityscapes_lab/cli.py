@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .data.split_families import DEFAULT_FAMILY, FAMILIES  # the table only (no NumPy): for --split-family's help
 from .errors import ConfigError, LabError
 
 
@@ -33,6 +34,16 @@ def _warn(message: str) -> None:
     click.echo(f"warning: {message}", err=True)
 
 
+def _family_help() -> str:
+    """--split-family's help, from the one table of families (data.split_families.FAMILIES)."""
+    parts = [f"{f.name}: {f.title}, used by {f.used_by} ({', '.join(f.fractions)})" if f.published else
+             f"{f.name}: {f.title}, comparable to no published result (any --fractions; default "
+             f"{', '.join(f.fractions)})" for f in FAMILIES.values()]
+    return (f"[standard] Which labeled subsets train_labeled_<fraction> are: {'; '.join(parts)}. Default: "
+            f"{DEFAULT_FAMILY}, the family most published results use, so numbers compare with most papers. A "
+            "result compares only with results on the same family; meta.json records it.")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="cityscapes-lab")
 def cli() -> None:
@@ -41,7 +52,12 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--train", "n_train", type=click.IntRange(0), default=100, show_default=True, help="Train images.")
+@click.option("--train", "n_train", type=click.IntRange(0), default=None,
+              help="Train images [default: 100, or as many as --train-ids names].")
+@click.option("--train-ids", "train_ids", metavar="FAMILIES|FILE", default=None,
+              help="Train ids to include: published split families, comma-separated (cps, u2pl, cps,u2pl: every "
+                   "labeled image of their lists, for `prepare --split-family`), or a file with an id "
+                   "<city>_<seq>_<frame> on each line. A larger --train adds generated ids, the unlabeled rest.")
 @click.option("--val", "n_val", type=click.IntRange(0), default=40, show_default=True, help="Val images.")
 @click.option("--test", "n_test", type=click.IntRange(0), default=10, show_default=True,
               help="Test images (their ground truth holds only the void borders, as the official test split).")
@@ -52,18 +68,21 @@ def cli() -> None:
 @click.option("--zip", "as_zips", is_flag=True, help="Write the official zips instead of folders.")
 @click.option("--workers", type=click.IntRange(1), default=None, help="Processes [default: all cores].")
 @click.option("--force", is_flag=True, help="Replace an existing OUT.")
-def synth(out: Path, n_train: int, n_val: int, n_test: int, n_extra: int, size: str, seed: int, as_zips: bool,
-          workers: int | None, force: bool) -> None:
+def synth(out: Path, n_train: int | None, train_ids: str | None, n_val: int, n_test: int, n_extra: int, size: str,
+          seed: int, as_zips: bool, workers: int | None, force: bool) -> None:
     """Generate Cityscapes-format stand-in data (street scenes drawn procedurally) into OUT.
 
     OUT gets the official layout: leftImg8bit/<split>/<city>/<id>_leftImg8bit.png and
     gtFine/<split>/<city>/<id>_gtFine_{labelIds,instanceIds,color}.png and _polygons.json.
     """
-    from .data.synth import SynthOptions, synthesize
+    from .data.synth import SynthOptions, synthesize, train_ids_from
 
     width, height = _size(size)
+    named = train_ids_from(train_ids) if train_ids else None
+    if n_train is None:
+        n_train = len(named) if named else 100
     options = SynthOptions(counts={"train": n_train, "val": n_val, "test": n_test, "train_extra": n_extra},
-                           width=width, height=height, seed=seed, as_zips=as_zips)
+                           width=width, height=height, seed=seed, as_zips=as_zips, train_ids=named)
     if synthesize(out, options, workers=workers, force=force):
         _say(f"wrote {n_train + n_val + n_test + n_extra} stand-in frames ({width}x{height}) to {out}")
     else:
@@ -80,9 +99,12 @@ def synth(out: Path, n_train: int, n_val: int, n_test: int, n_extra: int, size: 
               show_default=True, help="[paper] Share of train kept labeled (the study: 0.1).")
 @click.option("--split-seed", type=int, default=42, show_default=True, help="[paper] The split's random_state.")
 @click.option("--size", default=None, help="[standard] Store a downscaled copy, WIDTHxHEIGHT [default: full size].")
-@click.option("--fractions", default="1/16,1/8,1/4,1/2", show_default=True,
-              help="[standard] Labeled subsets of train to list, comma-separated.")
-@click.option("--subset-seed", type=int, default=0, show_default=True, help="[standard] Seed of the subsets.")
+@click.option("--split-family", type=click.Choice(list(FAMILIES)), default=None, help=_family_help())
+@click.option("--fractions", default=None,
+              help="[standard] Labeled subsets of train to list, comma-separated [default: every one the family "
+                   "has]; a published family makes only its own.")
+@click.option("--subset-seed", type=int, default=0, show_default=True,
+              help="[standard] Seed of the subsets of --split-family seeded.")
 @click.option("--labeled-list", type=click.Path(path_type=Path), default=None,
               help="[standard] A file naming the labeled train images, one per line (e.g. a U2PL list).")
 @click.option("--coarse", is_flag=True, help="[standard] Include train_extra with its gtCoarse labels.")
@@ -90,23 +112,26 @@ def synth(out: Path, n_train: int, n_val: int, n_test: int, n_extra: int, size: 
 @click.option("--workers", type=click.IntRange(1), default=None, help="Processes [default: all cores].")
 @click.option("--force", is_flag=True, help="Rebuild a complete OUT.")
 def prepare(raw: Path, out: Path, protocol: str, labeled_fraction: float, split_seed: int, size: str | None,
-            fractions: str, subset_seed: int, labeled_list: Path | None, coarse: bool, export_png: bool,
-            workers: int | None, force: bool) -> None:
+            split_family: str | None, fractions: str | None, subset_seed: int, labeled_list: Path | None,
+            coarse: bool, export_png: bool, workers: int | None, force: bool) -> None:
     """Validate the raw download and prepare it for a protocol: resized, relabelled arrays and split lists."""
     from .data.prepare import PrepareOptions, prepare as run_prepare
 
-    if protocol == "paper" and (size or coarse or labeled_list):
-        raise ConfigError("--size, --coarse and --labeled-list apply to --protocol standard; the paper protocol "
-                          "follows the study exactly")
+    if protocol == "paper" and (size or coarse or labeled_list or split_family or fractions):
+        raise ConfigError("--size, --coarse, --labeled-list, --split-family and --fractions apply to --protocol "
+                          "standard; the paper protocol follows the study exactly")
     options = PrepareOptions(
         protocol=protocol, labeled_fraction=labeled_fraction, split_seed=split_seed, size=_size(size),
-        fractions=tuple(f.strip() for f in fractions.split(",") if f.strip()), subset_seed=subset_seed,
-        labeled_list=str(labeled_list) if labeled_list else None, coarse=coarse, export_png=export_png)
+        split_family=split_family,
+        fractions=None if fractions is None else tuple(f.strip() for f in fractions.split(",") if f.strip()),
+        subset_seed=subset_seed, labeled_list=str(labeled_list) if labeled_list else None, coarse=coarse,
+        export_png=export_png)
     result = run_prepare(raw, out, options, workers=workers, force=force)
     if result.skipped:
         _say(f"{out} is already complete; pass --force to prepare it again")
         return
-    _say(f"prepared {out} ({protocol} protocol) in {result.seconds:.1f} s")
+    family = f", {result.split_family} split family" if result.split_family else ""
+    _say(f"prepared {out} ({protocol} protocol{family}) in {result.seconds:.1f} s")
     for name, count in result.counts.items():
         _say(f"  {name:<24} {count:>6} images")
     for note in result.notes:
@@ -258,13 +283,22 @@ def zoo_list() -> None:
             _say(f"  {miou:6.2f}  {variant}: {what}")
 
 
+# engine.prediction.PROTOCOLS (kept here so that the command line starts without importing torch)
+PROTOCOL_NAMES = ["whole", "slide", "ms-flip", "slide-unimatch-v1", "slide-shifted", "center-crop"]
+PROTOCOL_HELP = ("whole: one forward pass; slide: the model's windows, logits averaged; ms-flip: scales 0.5-1.75 + "
+                 "flip; slide-unimatch-v1: UniMatch V1's 801 windows every 534, edge windows truncated, softmax "
+                 "summed; slide-shifted: the same with the last window shifted back to the border (UniMatch V2); "
+                 "center-crop: U2PL's 769x769 centre crop, only it scored.")
+
+
 @zoo.command("eval")
 @click.argument("name")
 @click.option("--weights", type=click.Path(path_type=Path), required=True, help="The published checkpoint file.")
 @click.option("--data", "raw", type=click.Path(path_type=Path), required=True,
               help="The raw download (extracted or the official zips), as for `prepare --raw`.")
 @click.option("--split", default="val", show_default=True, help="The split to score.")
-@click.option("--protocol", type=click.Choice(["whole", "slide", "ms-flip"]), default="whole", show_default=True)
+@click.option("--protocol", type=click.Choice(PROTOCOL_NAMES), default="whole", show_default=True,
+              help=PROTOCOL_HELP)
 @click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N images.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "auto"]), default="fp32", show_default=True,
@@ -301,7 +335,8 @@ def zoo_eval(name: str, weights: Path, raw: Path, split: str, protocol: str, lim
 @click.option("--random-weights", is_flag=True, help="Predict without --weights (random weights), to try the pipeline.")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the outputs.")
-@click.option("--protocol", type=click.Choice(["whole", "slide", "ms-flip"]), default="whole", show_default=True)
+@click.option("--protocol", type=click.Choice(PROTOCOL_NAMES), default="whole", show_default=True,
+              help=PROTOCOL_HELP)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="auto: bf16 autocast on a GPU (fast), fp32 on the CPU; fp32 for the published numerics.")

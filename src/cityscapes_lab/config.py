@@ -82,6 +82,9 @@ class TrainConfig:
     aux_weight: float = setting(0.4, "weight of an auxiliary head's loss (HRNet-OCR, UperNet; the originals: 0.4); "
                                      "another value for a network without one is refused")
     eval_batch_size: int = setting(16, "images per forward pass when predicting (does not change results)")
+    keep_freed_memory: bool = setting(True, "CPU: keep freed memory for the next step instead of handing it back "
+                                            "(1.3-1.8x faster steps here, about 2 GB more peak memory; off: under "
+                                            "3 GB); once on, it stays on in that process")
     threads: int = setting(0, "CPU threads for torch; 0 = this process's share of the cores it may use (the count "
                               "changes the rounding of CPU results, not their expected value)")
     device: str = setting("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N")

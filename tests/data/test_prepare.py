@@ -130,10 +130,12 @@ def test_standard_protocol(raw_small, tmp_path):
     listing = tmp_path / "labeled.txt"
     some = sorted(p.name for p in raw_small.glob("leftImg8bit/train/*/*.png"))[:5]
     listing.write_text("".join(f"leftImg8bit/train/x/{name} gtFine/train/x/y.png\n" for name in some))
-    options = PrepareOptions(protocol="standard", fractions=("1/8", "1/2"), labeled_list=str(listing), coarse=True)
+    options = PrepareOptions(protocol="standard", split_family="seeded", fractions=("1/8", "1/2"),
+                             labeled_list=str(listing), coarse=True)
     prepare(raw_small, tmp_path / "std", options, workers=2)
     data = load_prepared(tmp_path / "std")
     assert data.size == (512, 256) and data.num_classes == 19 and data.ignore_index == 255
+    assert data.split_family == "seeded" and data.meta["split_lists"] == {}
     train = data.split("train")
     values = set(np.unique(train.labels).tolist())
     assert values <= set(range(19)) | {255} and len(values) > 10
@@ -151,7 +153,8 @@ def test_standard_protocol(raw_small, tmp_path):
 
 
 def test_standard_protocol_downscaled_copy(raw_small, tmp_path):
-    prepare(raw_small, tmp_path / "small", PrepareOptions(protocol="standard", size=(256, 128)), workers=1)
+    prepare(raw_small, tmp_path / "small", PrepareOptions(protocol="standard", size=(256, 128), split_family="seeded"),
+            workers=1)
     data = load_prepared(tmp_path / "small")
     assert data.size == (256, 128) and data.split("val").images.shape == (10, 128, 256, 3)
     assert json.loads((tmp_path / "small" / "meta.json").read_text())["options"]["size"] == [256, 128]

@@ -41,3 +41,31 @@ def test_split_without_labels_and_unknown_splits(args, tmp_path, capsys):
 def test_unknown_or_missing_device(args, device, tmp_path, capsys):
     expect_error([*args, "--set", f"train.device={device}"], capsys, "train.device", device, "cpu")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_does_not_keep_the_path_of_its_starting_backbone(tiny_standard, tmp_path):
+    """``--option backbone_weights=FILE`` starts a training from an ImageNet backbone; the trained checkpoint
+    rebuilds the network without that file (it may not exist where the checkpoint is used)."""
+    import torch
+
+    from cityscapes_lab.config import load_config
+    from cityscapes_lab.data.prepared import load_prepared
+    from cityscapes_lab.engine.prediction import load_predictor
+    from cityscapes_lab.engine.runtime import Runtime
+    from cityscapes_lab.engine.standard import train_standard
+    from cityscapes_lab.models import build_model, model_spec
+    from cityscapes_lab.models.checkpoints import load_checkpoint
+
+    options = dict(model_spec("deeplabv3plus_r50").test_options)
+    source = build_model("deeplabv3plus_r50", 19, **options)
+    backbone = tmp_path / "resnet50.pth"
+    torch.save(source.backbone.state_dict(), backbone)
+    options["backbone_weights"] = str(backbone)
+    model = build_model("deeplabv3plus_r50", 19, **options)
+    config = load_config(overrides=["train.epochs=1", "train.batch_size=4", "online.crop=[64,64]", "train.threads=1"])
+    train_standard("deeplabv3plus_r50", model, options, load_prepared(tiny_standard), config, tmp_path / "run",
+                   Runtime.from_config(config.train), train_split="train_labeled_1_2")
+    backbone.unlink()
+    saved = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert "backbone_weights" not in saved["model_options"] and saved["model_options"]["width"] == options["width"]
+    load_predictor(None, tmp_path / "run" / "best.pt", device="cpu")  # builds and loads without the file

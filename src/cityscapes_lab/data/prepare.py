@@ -2,7 +2,9 @@
 
 Output folder::
 
-    meta.json                      protocol, label scheme, size, source, counts, options, package versions
+    meta.json                      protocol, label scheme, size, source, counts, split family (standard: cps,
+                                   u2pl or seeded, with the shipped list and sha256 of each labeled subset),
+                                   options, package versions
     splits.json                    split name -> sorted list of image ids <city>_<seq>_<frame>
     arrays/<source>.images.npy     (N, H, W, 3) uint8 RGB, rows in the order of meta["sources"][source]["ids"]
     arrays/<source>.labels.npy     (N, H, W) uint8 class indices (absent for the unlabeled test split)
@@ -20,7 +22,7 @@ import json
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -33,7 +35,8 @@ from ..parallel import default_workers, run_tasks
 from . import png
 from .layout import COARSE_FOLDER, FINE_FOLDER, find_frame_id
 from .raw import RawFrame, RawIndex, count_notes, decode_member, is_stand_in, member_name, open_raw, scan
-from .splits import fraction_name, labeled_subset, parse_fraction, study_split
+from .split_families import DEFAULT_FAMILY, get_family, labeled_splits, list_path, list_sha256, resolve_fractions
+from .splits import fraction_name, study_split
 
 FORMAT = "cityscapes-lab/prepared-v1"
 CHUNK = 8  # images per task: small enough to lose little on a kill
@@ -72,8 +75,9 @@ class PrepareOptions:
     split_seed: int = 42  # the study's random_state
     # standard protocol
     size: tuple[int, int] | None = None  # (W, H) of a downscaled copy; None keeps the full resolution
-    fractions: tuple[str, ...] = ("1/16", "1/8", "1/4", "1/2")  # labeled subsets of train
-    subset_seed: int = 0
+    split_family: str | None = None  # the labeled subsets: cps, u2pl or seeded (split_families); None: cps
+    fractions: tuple[str, ...] | None = None  # labeled subsets of train; None: every one the family has
+    subset_seed: int = 0  # the seeded family's draw
     labeled_list: str | None = None  # a file naming the labeled train images (one per line)
     coarse: bool = False  # include train_extra with gtCoarse labels
     # both
@@ -87,12 +91,30 @@ class PrepareResult:
     counts: dict[str, int] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     seconds: float = 0.0
+    split_family: str | None = None  # standard protocol: where train_labeled_* come from (cps, u2pl, seeded)
 
 
 def _protocol(name: str) -> Protocol:
     if name not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {name!r}; choose one of: {', '.join(PROTOCOLS)}")
     return PROTOCOLS[name]
+
+
+def resolve_options(options: PrepareOptions) -> PrepareOptions:
+    """The options with the split family and its fractions filled in (what meta.json records), checked before
+    anything is read: a family or fraction the protocol cannot make is a ConfigError."""
+    _protocol(options.protocol)
+    if options.protocol == "paper":
+        if options.split_family is not None:
+            raise ConfigError("--split-family applies to --protocol standard; the paper protocol uses the study's "
+                              "own split (--labeled-fraction, --split-seed)")
+        return options
+    family = get_family(options.split_family or DEFAULT_FAMILY)
+    if family.published and options.subset_seed != 0:
+        raise ConfigError(f"--subset-seed applies to --split-family seeded; the {family.name} family is a fixed "
+                          "published list")
+    return replace(options, split_family=family.name,
+                   fractions=resolve_fractions(family.name, options.fractions))
 
 
 def _wanted_splits(options: PrepareOptions, index: RawIndex) -> dict[str, str | None]:
@@ -128,8 +150,11 @@ def _read_list(path: str, train_ids: set[str]) -> list[str]:
     return sorted(set(chosen))
 
 
-def make_splits(options: PrepareOptions, ids: dict[str, list[str]]) -> dict[str, list[str]]:
-    """The protocol's split lists (each sorted) from the sorted ids of the official splits."""
+def make_splits(options: PrepareOptions, ids: dict[str, list[str]], *, source: str = "the download",
+                stand_in: bool = False) -> dict[str, list[str]]:
+    """The protocol's split lists (each sorted) from the sorted ids of the official splits. ``source`` and
+    ``stand_in`` only word the error when a published family's labeled image is missing."""
+    options = resolve_options(options)
     if options.protocol == "paper":
         # The study lists file names <id>.png; with sorted names, train_test_split's parts A and B are:
         names = [f"{i}.png" for i in ids["train"]]
@@ -142,11 +167,8 @@ def make_splits(options: PrepareOptions, ids: dict[str, list[str]]) -> dict[str,
         return {"train_full": list(ids["train"]), "train_labeled": strip(labeled),
                 "train_unlabeled": strip(unlabeled), "val": strip(val), "test": strip(test)}
     splits = {name: list(values) for name, values in ids.items()}
-    for text in options.fractions:
-        labeled = labeled_subset(ids["train"], parse_fraction(text), options.subset_seed)
-        chosen = set(labeled)
-        splits[f"train_labeled_{fraction_name(text)}"] = labeled
-        splits[f"train_unlabeled_{fraction_name(text)}"] = [i for i in ids["train"] if i not in chosen]
+    splits.update(labeled_splits(options.split_family, options.fractions, ids["train"], options.subset_seed,
+                                 source=source, stand_in=stand_in))
     if options.labeled_list:
         labeled = _read_list(options.labeled_list, set(ids["train"]))
         chosen = set(labeled)
@@ -275,7 +297,8 @@ def _plan(raw: Path, options: PrepareOptions) -> _Plan:
     size = paper_size(*original) if options.protocol == "paper" else tuple(options.size or original)
     # Instance ids (for iIoU) are kept for the official val split, where every frame has them.
     instances = {source: source == "val" and all(item.instance for item in items) for source, items in frames.items()}
-    return _Plan(index, frames, ids, make_splits(options, ids), size, original, instances)
+    splits = make_splits(options, ids, source=str(raw), stand_in=is_stand_in(index))
+    return _Plan(index, frames, ids, splits, size, original, instances)
 
 
 def is_prepared(folder: Path) -> bool:
@@ -332,6 +355,15 @@ def _chunks(plan: _Plan, partial: Path, lut: np.ndarray, export: dict[str, str])
     return chunks
 
 
+def _split_lists(options: PrepareOptions) -> dict[str, dict[str, str]]:
+    """Split name -> the shipped list it was taken from and that file's sha256 (published families only)."""
+    if options.protocol != "standard" or not get_family(options.split_family).published:
+        return {}
+    return {f"train_labeled_{fraction_name(f)}": {"file": list_path(options.split_family, f),
+                                                  "sha256": list_sha256(options.split_family, f)}
+            for f in options.fractions}
+
+
 def _meta(plan: _Plan, protocol: Protocol, options: PrepareOptions, raw: Path) -> dict:
     return {
         "format": FORMAT,
@@ -346,6 +378,8 @@ def _meta(plan: _Plan, protocol: Protocol, options: PrepareOptions, raw: Path) -
         "sources": {source: {"ids": plan.ids[source], "labels": items[0].label is not None,
                              "instances": plan.instances[source]} for source, items in plan.frames.items()},
         "counts": {name: len(values) for name, values in plan.splits.items()},
+        "split_family": options.split_family,  # cps, u2pl, seeded; None for the paper protocol
+        "split_lists": _split_lists(options),
         "options": asdict(options),
         "notes": count_notes(plan.frames),
         "versions": _versions(),
@@ -362,6 +396,7 @@ def prepare(raw: Path, out: Path, options: PrepareOptions, *, workers: int | Non
     """
     started = time.perf_counter()
     protocol = _protocol(options.protocol)
+    options = resolve_options(options)
     out = Path(out)
     check_output_folder(out, what="a prepared folder", ours=is_prepared, inputs=[raw])
     if is_prepared(out) and not force:
@@ -388,4 +423,4 @@ def prepare(raw: Path, out: Path, options: PrepareOptions, *, workers: int | Non
     (partial / "plan.json").unlink()
     atomic.publish_folder(partial, out)
     return PrepareResult(out, skipped=False, counts=meta["counts"], notes=tuple(meta["notes"]),
-                         seconds=time.perf_counter() - started)
+                         seconds=time.perf_counter() - started, split_family=options.split_family)

@@ -79,6 +79,15 @@ class PreparedData:
         return tuple(self.meta["size"])
 
     @property
+    def split_family(self) -> str | None:
+        """Which family the ``train_labeled_*`` subsets come from: ``cps`` or ``u2pl`` (published lists, see
+        ``data.split_families``), ``seeded`` (our own draw), or None for the paper protocol. A result compares
+        only with results on the same family. Folders prepared before families existed hold seeded draws."""
+        if "split_family" in self.meta:
+            return self.meta["split_family"]
+        return "seeded" if self.protocol == "standard" else None
+
+    @property
     def stand_in(self) -> bool:
         """True when the source was generated stand-in data, not Cityscapes."""
         return bool(self.meta["source"].get("stand_in"))

@@ -24,6 +24,27 @@ scale without flip both reduce to the logits' argmax ("whole" and "slide" return
 
 Sliding windows follow mmsegmentation (HRNet-OCR's Cityscapes code places them the same way): windows of ``crop``
 every ``stride``, the last one shifted back to end at the border, overlapping scores averaged.
+
+The semi-supervised community's rules (DeepLabV3+ on the 500 val images at 1024x2048; a number is comparable only
+to one made under the same rule), all single scale, no flip, fp32 in the official code:
+
+* ``slide-unimatch-v1`` (UniMatch V1, ``evaluate`` in ``supervised.py``, mode ``sliding_window``): square windows
+  of ``crop_size`` = 801 starting at every multiple of the stride int(801 * 2 / 3) = 534 below the side (rows 0,
+  534; columns 0, 534, 1068, 1602), edge windows truncated at the border (534:1024, 1602:2048: the model sees
+  smaller inputs); each window's logits go through softmax and are summed where windows overlap, not divided by
+  the counts (the argmax is the same either way). ``edge="truncate"``, ``combine="unimatch"``, ``overlap="sum"``.
+* ``slide-shifted`` (UniMatch V2's ``evaluate``, window 798 and stride 532 for its DINOv2 models): as V1, but the
+  last window is shifted back to end at the border, so every window is full size (mmseg's placement); softmax per
+  window, summed. ``edge="shift"``, ``combine="unimatch"``, ``overlap="sum"``; by name with V1's 801 / 534 (the
+  DeepLabV3+ window) unless given another (``protocol_for(..., window=798)``). mmseg's ``slide`` places windows
+  the same way but averages their logits (softmax after).
+* ``center-crop`` (U2PL's in-training ``validate``: its val loader's ``Crop(type="center")``, 769x769): the
+  whole-image forward pass of the centre crop at offsets ((H - 769) // 2, (W - 769) // 2) = (127, 639) only, and
+  only those pixels are scored: ``score_crop``; ``InferenceProtocol.scored`` crops the labels the same way.
+  (U2PL's final ``eval.py`` is ``slide`` with windows of 769 every ceil(769 * 2 / 3) = 513, logits averaged.)
+
+An image side smaller than the window gets one window of the whole side (mmseg; UniMatch's code does not reach
+that case on Cityscapes); an image smaller than ``score_crop`` is refused (U2PL would pad it).
 """
 
 from __future__ import annotations
@@ -37,6 +58,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..errors import DataError
 from .runtime import Runtime
 from .sources import to_batch
 
@@ -75,9 +97,32 @@ class InferenceProtocol:
     stride: tuple[int, int] | None = None
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
-    combine: str = "softmax"  # softmax (mmseg) | hrnet: the keys of RULES
+    combine: str = "softmax"  # softmax (mmseg) | hrnet | unimatch: the keys of RULES
     slide_above: float | None = None  # mode whole: slide at scales above this (HRNet-OCR's ms protocol)
     align_corners: bool = False  # how scores are resized back to the input (the model's own convention)
+    edge: str = "shift"  # the last window: shifted back to end at the border (mmseg, UniMatch V2) | truncate (V1)
+    overlap: str = "mean"  # where windows overlap their scores are averaged (mmseg, HRNet) | summed (UniMatch)
+    score_crop: tuple[int, int] | None = None  # (height, width): only the centre crop is predicted and scored (U2PL)
+
+    def __post_init__(self) -> None:
+        if self.edge not in ("shift", "truncate") or self.overlap not in ("mean", "sum") or self.combine not in RULES:
+            raise ValueError(f"unknown edge {self.edge!r}, overlap {self.overlap!r} or combine {self.combine!r}")
+
+    def region(self, height: int, width: int) -> tuple[slice, slice]:
+        """The rows and columns of an H x W image that this protocol predicts and scores: all of them, or the centre
+        crop at U2PL's offsets ((H - h) // 2, (W - w) // 2)."""
+        if self.score_crop is None:
+            return slice(0, height), slice(0, width)
+        (h, w) = self.score_crop
+        if h > height or w > width:
+            raise DataError(f"a {height}x{width} image is smaller than the {h}x{w} centre crop of this protocol")
+        top, left = (height - h) // 2, (width - w) // 2
+        return slice(top, top + h), slice(left, left + w)
+
+    def scored(self, array: np.ndarray) -> np.ndarray:
+        """The scored pixels of an (H, W, ...) array: an image, its labels or its predictions alike, so that
+        predictions and ground truth always cover the same crop."""
+        return array[self.region(*array.shape[:2])]
 
 
 def hrnet_size(height: int, width: int, scale: float) -> tuple[int, int]:
@@ -108,12 +153,27 @@ def _hrnet_views(logits: Scores, scores: Windowed, back: Scores, x: torch.Tensor
     yield back(scores(window, x))
 
 
+def _each_flip(view: Scores, x: torch.Tensor, flip: bool) -> Iterator[torch.Tensor]:
+    """The map of x, then (with flip) the map of the flipped x flipped back."""
+    yield view(x)
+    if flip:
+        yield view(x.flip(-1)).flip(-1)
+
+
 def _mmseg_views(logits: Scores, scores: Windowed, back: Scores, x: torch.Tensor,
                  flip: bool) -> Iterator[torch.Tensor]:
     """One map per view: logits resized back, softmax, then flipped back (``EncoderDecoder.inference``)."""
-    for flipped in (False, True) if flip else (False,):
-        probabilities = torch.softmax(back(scores(logits, x.flip(-1) if flipped else x)), dim=1)
-        yield probabilities.flip(-1) if flipped else probabilities
+    yield from _each_flip(lambda view: torch.softmax(back(scores(logits, view)), dim=1), x, flip)
+
+
+def _unimatch_views(logits: Scores, scores: Windowed, back: Scores, x: torch.Tensor,
+                    flip: bool) -> Iterator[torch.Tensor]:
+    """One map per view: the softmax of every window's logits, before windows are combined (UniMatch's
+    ``evaluate`` adds ``pred.softmax(dim=1)`` window by window)."""
+    def window(crop: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits(crop), dim=1)
+
+    yield from _each_flip(lambda view: back(scores(window, view)), x, flip)
 
 
 @dataclass(frozen=True)
@@ -127,7 +187,8 @@ class CombineRule:
 
 
 RULES = {"softmax": CombineRule(mmseg_size, False, _mmseg_views, True),
-         "hrnet": CombineRule(hrnet_size, True, _hrnet_views, False)}
+         "hrnet": CombineRule(hrnet_size, True, _hrnet_views, False),
+         "unimatch": CombineRule(mmseg_size, False, _unimatch_views, True)}  # single scale in its code
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int], align_corners: bool) -> torch.Tensor:
@@ -144,8 +205,17 @@ def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
                      for image in images])
 
 
-def window_positions(length: int, crop: int, stride: int) -> list[tuple[int, int]]:
-    """(start, stop) of the windows along one side: every ``stride``, the last shifted back to the border."""
+def unimatch_stride(window: int) -> int:
+    """UniMatch's stride for a window: ``int(grid * 2 / 3)`` (801 -> 534, 798 -> 532)."""
+    return int(window * 2 / 3)
+
+
+def window_positions(length: int, crop: int, stride: int, edge: str = "shift") -> list[tuple[int, int]]:
+    """(start, stop) of the windows along one side, every ``stride``: "shift" (mmseg, UniMatch V2) as many as cover
+    the side, the last shifted back to end at the border; "truncate" (UniMatch V1) one at every multiple of the
+    stride below the side, cut off at the border."""
+    if edge == "truncate":
+        return [(start, min(start + crop, length)) for start in range(0, length, stride)]
     count = max(length - crop + stride - 1, 0) // stride + 1
     positions = []
     for index in range(count):
@@ -154,26 +224,29 @@ def window_positions(length: int, crop: int, stride: int) -> list[tuple[int, int
     return positions
 
 
-def slide(score_fn: Scores, x: torch.Tensor, crop: tuple[int, int], stride: tuple[int, int],
-          channels: int) -> torch.Tensor:
-    """Scores of ``score_fn`` over sliding windows of x (N, 3, H, W), averaged where windows overlap."""
+def slide(score_fn: Scores, x: torch.Tensor, crop: tuple[int, int], stride: tuple[int, int], channels: int,
+          edge: str = "shift", mean: bool = True) -> torch.Tensor:
+    """Scores of ``score_fn`` over sliding windows of x (N, 3, H, W) placed by ``edge``, averaged where windows
+    overlap (else summed)."""
     n, _, height, width = x.shape
     total = x.new_zeros((n, channels, height, width), dtype=torch.float32)
     count = x.new_zeros((1, 1, height, width), dtype=torch.float32)
-    for y1, y2 in window_positions(height, crop[0], stride[0]):
-        for x1, x2 in window_positions(width, crop[1], stride[1]):
+    for y1, y2 in window_positions(height, crop[0], stride[0], edge):
+        for x1, x2 in window_positions(width, crop[1], stride[1], edge):
             total[:, :, y1:y2, x1:x2] += score_fn(x[:, :, y1:y2, x1:x2])
             count[:, :, y1:y2, x1:x2] += 1
-    return total / count
+    return total / count if mean else total
 
 
 @torch.no_grad()
 def infer(model: nn.Module, images: np.ndarray, protocol: InferenceProtocol, num_classes: int,
           runtime: Runtime | None = None) -> torch.Tensor:
-    """Score map (N, C, H, W) float32 of images (N, H, W, 3) uint8 RGB; its argmax is the prediction.
-    Forward passes run in the runtime's precision (fp32 on the CPU, NCHW, without one)."""
+    """Score map (N, C, H, W) float32 of images (N, H, W, 3) uint8 RGB (of their ``protocol.region`` with a
+    ``score_crop``); its argmax is the prediction. Forward passes run in the runtime's precision (fp32 on the CPU,
+    NCHW, without one)."""
     runtime = runtime or Runtime(torch.device("cpu"), channels_last=False)
     rule = RULES[protocol.combine]
+    images = images[(slice(None), *protocol.region(*images.shape[1:3]))]
     n, height, width = images.shape[:3]
     # the model normalises either (a float32 x / 255 is what it computes from uint8 x)
     pixels = images.astype(np.float32) / 255 if rule.floats else images
@@ -192,7 +265,9 @@ def infer(model: nn.Module, images: np.ndarray, protocol: InferenceProtocol, num
         stride = protocol.stride or crop
 
         def scores(fn: Scores, view: torch.Tensor) -> torch.Tensor:
-            return slide(fn, view, crop, stride, num_classes) if sliding else fn(view)
+            if not sliding:
+                return fn(view)
+            return slide(fn, view, crop, stride, num_classes, protocol.edge, protocol.overlap == "mean")
 
         def back(score: torch.Tensor) -> torch.Tensor:
             return _resize(score, (height, width), protocol.align_corners)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -22,24 +22,45 @@ from ..errors import ConfigError, DataError
 from ..labels import LABELID_PALETTE, PAPER_NUM_CLASSES, PAPER_TO_LABELID, TRAINID_TO_LABELID
 from ..models.registry import ModelSpec
 from ..outputs import check_output_folder, holds_only
-from .inference import MS_SCALES, InferenceProtocol, infer
+from .inference import MS_SCALES, InferenceProtocol, infer, unimatch_stride
 from .runtime import Runtime, resolve_device, resolve_precision
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 
-def protocol_for(spec: ModelSpec, name: str) -> InferenceProtocol:
-    """The model's version of a named protocol: whole, slide, or ms-flip (scales 0.5-1.75 and flip)."""
-    crop, stride = spec.slide
-    if name == "whole":
-        return InferenceProtocol(align_corners=spec.align_corners)
-    if name == "slide":
-        return InferenceProtocol("slide", crop, stride, align_corners=spec.align_corners)
-    if name == "ms-flip":
-        return InferenceProtocol("whole", crop, stride, MS_SCALES, True, spec.ms_combine, spec.ms_slide_above,
-                                 spec.align_corners)
-    raise DataError(f"unknown protocol {name!r}; choose whole, slide or ms-flip")
+UNIMATCH_WINDOW = 801  # UniMatch V1's Cityscapes crop_size (configs/cityscapes.yaml), for DeepLabV3+
+U2PL_CROP = 769  # U2PL's val crop (experiments/cityscapes/*/config.yaml: dataset.val.crop, type center)
+
+
+def _unimatch(edge: str) -> Callable[[ModelSpec, int | None], InferenceProtocol]:
+    """UniMatch's sliding window (square, stride int(window * 2 / 3), softmax per window, summed) with an edge rule."""
+    def protocol(spec: ModelSpec, window: int | None) -> InferenceProtocol:
+        size = window or UNIMATCH_WINDOW
+        return InferenceProtocol("slide", (size, size), (unimatch_stride(size),) * 2, combine="unimatch",
+                                 edge=edge, overlap="sum")
+    return protocol
+
+
+# name -> the protocol for a model entry and an optional square window / crop (the rules: engine.inference)
+PROTOCOLS: dict[str, Callable[[ModelSpec, int | None], InferenceProtocol]] = {
+    "whole": lambda spec, window: InferenceProtocol(),
+    "slide": lambda spec, window: InferenceProtocol("slide", *spec.slide),
+    "ms-flip": lambda spec, window: InferenceProtocol("whole", *spec.slide, MS_SCALES, True, spec.ms_combine,
+                                                      spec.ms_slide_above),
+    "slide-unimatch-v1": _unimatch("truncate"),
+    "slide-shifted": _unimatch("shift"),
+    "center-crop": lambda spec, window: InferenceProtocol(score_crop=(window or U2PL_CROP,) * 2),
+}
+
+
+def protocol_for(spec: ModelSpec, name: str, window: int | None = None) -> InferenceProtocol:
+    """The model's version of a named protocol (``PROTOCOLS``), resizing at the model's ``align_corners``.
+    ``window`` replaces the semi-supervised rules' default square window (801) or crop (769): e.g. 798 for
+    UniMatch V2's own DINOv2 models."""
+    if name not in PROTOCOLS:
+        raise DataError(f"unknown protocol {name!r}; choose {', '.join(PROTOCOLS)}")
+    return replace(PROTOCOLS[name](spec, window), align_corners=spec.align_corners)
 
 
 def label_ids_of(classes: np.ndarray, num_classes: int) -> np.ndarray:
@@ -65,11 +86,14 @@ class Predictor:
                 "precision": self.runtime.precision}
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        """(H, W, 3) uint8 RGB -> (H, W) uint8 Cityscapes labelIds."""
+        """(H, W, 3) uint8 RGB -> (H, W) uint8 Cityscapes labelIds, of ``protocol.scored(image)``: the whole image,
+        or the protocol's centre crop (score it against ``protocol.scored(labels)``)."""
+        image = self.protocol.scored(image)  # cropped here, before any resize to the model's input size
         height, width = image.shape[:2]
         view = image if self.input_size is None else cv2.resize(image, self.input_size, interpolation=cv2.INTER_LINEAR)
         # uint8 in: the protocol resizes it as the official code does, the model normalises it
-        classes = infer(self.model, view[None], self.protocol, self.num_classes, self.runtime).argmax(dim=1)[0]
+        protocol = replace(self.protocol, score_crop=None)
+        classes = infer(self.model, view[None], protocol, self.num_classes, self.runtime).argmax(dim=1)[0]
         classes = classes.to(torch.uint8).cpu().numpy()
         if classes.shape != (height, width):
             classes = cv2.resize(classes, (width, height), interpolation=cv2.INTER_NEAREST)
@@ -215,6 +239,7 @@ def predict_files(predictor: Predictor, inputs: list[Path], out: Path, colour: b
             if colour:
                 atomic.write_bytes(folders["color"] / f"{name}.png", png.encode(colourise(label_ids)))
             if overlays:
-                atomic.write_bytes(folders["overlay"] / f"{name}.png", png.encode(overlay(image, label_ids)))
+                blended = overlay(predictor.protocol.scored(image), label_ids)  # of the predicted pixels
+                atomic.write_bytes(folders["overlay"] / f"{name}.png", png.encode(blended))
             count += 1
     return count

@@ -19,6 +19,12 @@ from .runtime import Runtime
 from .train import train
 
 
+def _architecture(options: dict) -> dict:
+    """The options that rebuild the network: not where its starting weights came from (``backbone_weights``:
+    the trained weights are in the checkpoint, and the ImageNet file need not exist where it is used)."""
+    return {key: value for key, value in options.items() if key != "backbone_weights"}
+
+
 def train_standard(name: str, model: nn.Module, options: dict, data: PreparedData, config: Config, out: Path,
                    runtime: Runtime, train_split: str = "train", val_split: str = "val", seed: int = 0) -> dict:
     """Train (or fine-tune) ``model`` on ``train_split``; keep the epoch with the best val mIoU in ``best.pt``.
@@ -31,11 +37,14 @@ def train_standard(name: str, model: nn.Module, options: dict, data: PreparedDat
     best_miou = result.best.get("val_miou", float("nan"))
     if runtime.main and result.best_state is not None:
         save_checkpoint(out / "best.pt", {
-            "model_name": name, "model_options": options, "num_classes": data.num_classes,
+            "model_name": name, "model_options": _architecture(options), "num_classes": data.num_classes,
             "protocol": data.protocol, "input_size": None, "state_dict": result.best_state, "val_miou": best_miou,
             "epoch": result.best_epoch + 1})
     summary = {"model": name, "world_size": runtime.world_size, "epochs": result.epochs, "best_val_miou": best_miou,
-               "history": result.history, "device": runtime.device.type}
+               "history": result.history, "device": runtime.device.type,
+               # which labeled subsets (cps, u2pl, seeded): a result compares only with results on the same family
+               "data": {"path": str(data.root), "train_split": train_split, "val_split": val_split,
+                        "split_family": data.split_family}}
     if runtime.main:
         atomic.write_text(out / "result.json", json.dumps(summary, indent=2) + "\n")
     if runtime.world_size > 1:

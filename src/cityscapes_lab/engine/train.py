@@ -189,7 +189,8 @@ def train(model: nn.Module, training: Training, config: TrainConfig, runtime: Ru
     """Train ``model`` as ``training`` describes; returns the best epoch's weights and figures.
     Raises TrainingDiverged when the loss becomes NaN or infinite (checked as train.nan_check says)."""
     phases, validation = training.phases, training.validation
-    keep_freed_memory()  # a CPU step otherwise page-faults its activations in again every step (memory.py)
+    if config.keep_freed_memory:
+        keep_freed_memory()  # a CPU step otherwise page-faults its activations in again every step (memory.py)
     set_recompute(model, config, runtime, max(phase.source.pixels for phase in phases))
     model.to(runtime.device)
     if runtime.channels_last:

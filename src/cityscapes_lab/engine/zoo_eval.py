@@ -33,7 +33,8 @@ def check_split(split: str) -> None:
 
 def evaluate_on_raw(predictor: Predictor, raw: Path, split: str = "val", limit: int | None = None,
                     show_progress: bool = True) -> ZooEvaluation:
-    """Predict every image of ``split`` (or the first ``limit``) and score it against the ground truth."""
+    """Predict every image of ``split`` (or the first ``limit``) and score it against the ground truth of the
+    pixels its protocol scores (all of them, or the centre crop of ``center-crop``)."""
     check_split(split)
     index = open_raw(raw)
     frames = scan(index, {split: "gtFine"})[split][:limit]
@@ -47,7 +48,8 @@ def evaluate_on_raw(predictor: Predictor, raw: Path, split: str = "val", limit: 
         start = time.perf_counter()
         predicted = predictor(image)
         seconds += time.perf_counter() - start
-        truth = index.decode(frame.label)
+        scored = predictor.protocol.scored  # the ground truth of the pixels predicted: all, or a centre crop (U2PL)
+        truth = scored(index.decode(frame.label))
         try:
             confusion.add(predicted, truth)
         except ValueError:
@@ -55,7 +57,7 @@ def evaluate_on_raw(predictor: Predictor, raw: Path, split: str = "val", limit: 
                             "*_gtFine_labelIds.png files") from None
         instance_path = annotation_path(split, frame.frame, "instanceIds.png")
         if instance_path in index.files:
-            instances.add(predicted, index.decode(instance_path))
+            instances.add(predicted, scored(index.decode(instance_path)))
         else:
             with_instances = False
     return ZooEvaluation(official_scores(confusion, instances if with_instances else None), len(frames),

@@ -160,6 +160,12 @@ LAYOUTS: dict[str, CheckpointLayout] = {
     # Hugging Face SegformerForSemanticSegmentation (model.safetensors, pytorch_model.bin): "segformer."
     # before the encoder's keys, "decode_head.*" as ours
     "hf_segformer": CheckpointLayout("segformer."),
+    # UniMatch (DeepLabV3+): {"model", "optimizer", "epoch", "previous_best"} saved under DDP, "module." before
+    # every key of the network; the rest of the keys are ours (backbone.*, head.*, reduce.*, fuse.*, classifier.*)
+    "unimatch": CheckpointLayout("module."),
+    # ImageNet ResNets into a model's backbone only (models.deeplabv3plus.load_backbone): UniMatch's deep-stem
+    # resnet50.pth/resnet101.pth and torchvision's files; their 1000-class classifier "fc." is not ours
+    "resnet_imagenet": CheckpointLayout("", ("fc.",)),
     # our own checkpoints (best.pt / top<k>.pt)
     "native": CheckpointLayout(),
 }

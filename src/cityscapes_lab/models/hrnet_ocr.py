@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .blocks import Bottleneck
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BLOCKS_PER_BRANCH = 4
@@ -46,30 +48,6 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         return F.relu(self.bn2(self.conv2(out)) + x, inplace=True)
-
-
-class Bottleneck(nn.Module):
-    """1x1 - 3x3 - 1x1 block expanding ``planes`` 4x; a 1x1 projection shortcut if the width changes."""
-
-    expansion = 4
-
-    def __init__(self, c_in: int, planes: int):
-        super().__init__()
-        c_out = planes * self.expansion
-        self.conv1 = nn.Conv2d(c_in, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, c_out, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(c_out)
-        self.downsample = conv_bn(c_in, c_out, kernel=1, relu=False) if c_in != c_out else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
-        out = F.relu(self.bn2(self.conv2(out)), inplace=True)
-        out = self.bn3(self.conv3(out))
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + shortcut, inplace=True)
 
 
 def downsampler(c_in: int, c_out: int, steps: int, last_relu: bool) -> nn.Sequential:

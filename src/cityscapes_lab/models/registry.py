@@ -33,8 +33,10 @@ class PublishedWeights:
     miou: float  # percent
     number: str  # what the number is: split, test-time protocol
     training_data: str
-    protocol: str  # the evaluation protocol of ``zoo eval`` that reproduces it: whole | slide | ms-flip
+    protocol: str  # the evaluation protocol of ``zoo eval`` that reproduces it (engine.prediction.PROTOCOLS)
     note: str = ""
+    split_family: str = ""  # semi-supervised releases: the labeled-subset family (data.split_families), e.g. cps
+    fraction: str = ""  # and the labeled fraction of train, e.g. "1/16"
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,57 @@ def _segformer(variant: str, parameters: float, miou: float, multi_scale: float)
             "the repository's unmerged safetensors pull-request branch; either file loads"),))
 
 
+UNIMATCH_URL = "https://drive.google.com/file/d/{}/view"
+UNIMATCH_LICENCE = "MIT (LiheYoung/UniMatch's LICENSE; its README gives no other terms for the checkpoints)"
+# UniMatch's released Cityscapes checkpoints (README "Cityscapes" table: the UniMatch rows link one Google Drive
+# file per split; the supervised baselines and U2PL rows have none): split -> (labelled images of its
+# splits/cityscapes/<split>/labeled.txt, UniMatch mIoU, best value in its training log, Drive file id,
+# supervised-baseline mIoU on the same split)
+UNIMATCH_RELEASES = {
+    "r50": {"1_16": (186, 75.0, 75.03, "1J-GjeZRhIhnbxtD8f_lDflXB24S1E995", 63.3),
+            "1_8": (372, 76.8, 76.77, "1pA-enIDGWSVyhJg7SFIjFQ-nlxetj6-m", 70.2),
+            "1_4": (744, 77.5, 77.49, "1EEh8XMljUf40wzMblnv9Ez9_dfXYqO7P", 73.1),
+            "1_2": (1488, 78.6, 78.60, "18Bd43RsXhTw9RL3F9Vn9lz_Gs5KQWaTE", 76.6)},
+    "r101": {"1_16": (186, 76.6, 76.59, "1qmCBLC9aj57kz1_OptvK6YTo4GwxTsiK", 66.3),
+             "1_8": (372, 77.9, 77.92, "14LrPkWC8QIMO44da5pGflyOrW_Fdxo0U", 72.8),
+             "1_4": (744, 79.2, 79.22, "1cL-p2_FIwEe9Y4AapSjlLmt4hdAZzX7a", 75.0),
+             "1_2": (1488, 79.5, 79.45, "1ve2BAYoh8wzQxhKD-CE7bsjcR5KqQEa3", 78.0)},
+}
+
+
+def _deeplabv3plus(depth: str, parameters: float) -> ModelSpec:
+    """A DeepLabV3+ entry with UniMatch's released Cityscapes checkpoints (CVPR 2023 camera-ready / README
+    numbers: output stride 16, confidence threshold 0), evaluated as UniMatch V1 does (``supervised.evaluate``,
+    mode sliding_window: windows of crop_size 801 every int(801 * 2 / 3) = 534 pixels, truncated at the border,
+    softmax summed: ``--protocol slide-unimatch-v1``)."""
+    layers = {"r50": 50, "r101": 101}[depth]
+    weights = tuple(
+        PublishedWeights(
+            f"unimatch_cityscapes_{depth}_{split}.pth", UNIMATCH_URL.format(drive), miou,
+            f"val (500 images), single scale, no flip, UniMatch V1's sliding windows: 801x801 every 534 px, "
+            f"truncated at the border (x 0/534/1068/1602, y 0/534), softmax per window summed; the best of 240 "
+            f"per-epoch val evaluations (best.pth: chosen on val; training log {logged:.2f}); supervised baseline "
+            f"on the same split: {supervised} (not released)",
+            f"UniMatch on train (fine): the {labelled} labelled images of the CPS partition {fraction} (split family "
+            f"cps; UniMatch's splits/cityscapes/{split}) + the other {2975 - labelled} train images unlabelled; "
+            f"ResNet-{layers} ImageNet-pretrained (deep stem, UniMatch's resnet{layers}.pth)", "slide-unimatch-v1",
+            "Google Drive link of UniMatch's README; the file name is ours (UniMatch's code writes best.pth); a "
+            "dict {model, optimizer, epoch, previous_best} saved under DDP ('module.' before every key), loaded as "
+            "published", split_family="cps", fraction=fraction)
+        for split, (labelled, miou, logged, drive, supervised) in UNIMATCH_RELEASES[depth].items()
+        for fraction in [split.replace("_", "/")])
+    return ModelSpec(
+        f"cityscapes_lab.models.deeplabv3plus:deeplabv3plus_{depth}",
+        f"DeepLabV3+ with a ResNet-{layers} (deep stem, output stride 16, ASPP 6/12/18), UniMatch's network "
+        f"({parameters:.2f} M parameters at 19 classes)",
+        layout="unimatch", licence=UNIMATCH_LICENCE, align_corners=True, slide=((801, 801), (534, 534)),
+        # the test size keeps every module (layer4 with a dilated second block); kaiming head init, because with
+        # PyTorch's default the random evaluation-mode logits are flat and would not show a wrong input scale
+        test_options={"depths": (1, 1, 1, 2), "width": 8, "low_level_channels": 8, "decoder_channels": 16,
+                      "head_init": "kaiming"},
+        weights=weights)
+
+
 MODELS: dict[str, ModelSpec] = {
     "unet_paper": ModelSpec(
         _unet, "the Inconsistency-Masks study's U-Net (680,755 parameters at alpha 1)", {"alpha": 1.0},
@@ -127,6 +180,8 @@ MODELS: dict[str, ModelSpec] = {
     "segformer_b3": _segformer("b3", 47.24, 81.7, 83.3),
     "segformer_b4": _segformer("b4", 64.01, 82.3, 83.9),
     "segformer_b5": _segformer("b5", 84.61, 82.4, 84.0),
+    "deeplabv3plus_r50": _deeplabv3plus("r50", 40.48),
+    "deeplabv3plus_r101": _deeplabv3plus("r101", 59.47),
 }
 
 

@@ -4,6 +4,6 @@
 photo, and ``writer`` lays the files out like the official download (folders or zips), in parallel.
 """
 
-from .writer import MARKER, SynthOptions, synthesize
+from .writer import MARKER, SynthOptions, synthesize, train_ids_from
 
-__all__ = ["MARKER", "SynthOptions", "synthesize"]
+__all__ = ["MARKER", "SynthOptions", "synthesize", "train_ids_from"]

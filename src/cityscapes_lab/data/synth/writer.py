@@ -10,19 +10,20 @@ from __future__ import annotations
 import json
 import shutil
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from ... import atomic
-from ...errors import DataError
+from ...errors import ConfigError, DataError
 from ...outputs import check_output_folder, check_partial
 from ...parallel import default_workers, run_tasks
 from .. import png
 from ..layout import (COARSE_FOLDER, FINE_FOLDER, IMAGE_FOLDER, OFFICIAL_CITIES, FrameId, annotation_path,
-                      image_path)
+                      find_frame_id, image_path)
+from ..split_families import FAMILIES, family_ids
 from .render import annotation_json, colour_image, label_images, render
 from .scene import generate_scene
 
@@ -52,20 +53,72 @@ class SynthOptions:
     height: int = 1024
     seed: int = 0
     as_zips: bool = False  # write the official zips instead of folders
+    # Ids the train split must hold (e.g. a published family's labeled images, see ``train_ids_from``); the rest
+    # of counts["train"] (at least this many) are generated ids not among them. None: generated ids only.
+    train_ids: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
 class _Task:
     root: str
     split: str
-    index: int
-    options: SynthOptions
+    index: int  # the frame's place in its split (sorted ids): with the seed, it fixes the frame's pixels
+    frame: FrameId
+    options: SynthOptions  # without train_ids: every task is pickled on its own
 
 
 def frame_of(split: str, index: int) -> FrameId:
     """The ``index``-th frame of a split: cities in turn, sequence numbers counting up, frame 19 (as gtFine)."""
     cities = OFFICIAL_CITIES[split]
     return FrameId(cities[index % len(cities)], index // len(cities), 19)
+
+
+def train_ids_from(source: str) -> tuple[str, ...]:
+    """The train ids ``synth --train-ids SOURCE`` names, sorted: SOURCE is published split families,
+    comma-separated (``cps``, ``cps,u2pl``: every labeled image of their lists), or a file with a
+    ``<city>_<seq>_<frame>`` on each line (any other text on the line is ignored, as in U2PL/UniMatch lists)."""
+    names = [part.strip() for part in source.split(",")]
+    if all(name in FAMILIES for name in names):
+        return tuple(family_ids(names))
+    path = Path(source)
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        families = ", ".join(name for name, family in FAMILIES.items() if family.published)
+        raise DataError(f"--train-ids {source}: neither split families ({families}) nor a readable list file "
+                        f"({getattr(exc, 'strerror', None) or exc}); fix the name or the path") from None
+    ids = []
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            frame = find_frame_id(line)
+            if frame is None:
+                raise DataError(f"{path}:{number}: {line.strip()!r} names no image id <city>_<seq>_<frame>; fix "
+                                "the line")
+            ids.append(str(frame))
+    if not ids:
+        raise DataError(f"{path}: names no image ids; give one <city>_<seq>_<frame> per line")
+    return tuple(sorted(set(ids)))
+
+
+def split_frames(split: str, options: SynthOptions) -> list[FrameId]:
+    """The frames a split gets, in the order that seeds them: generated ids (``frame_of``), or for train with
+    ``train_ids`` those ids plus generated ones not among them up to ``counts["train"]``, sorted."""
+    count = options.counts.get(split, 0)
+    if split != "train" or options.train_ids is None:
+        return [frame_of(split, i) for i in range(count)]
+    named = {find_frame_id(i) for i in options.train_ids}
+    if None in named:
+        raise ConfigError("train_ids must be <city>_<seq>_<frame> ids")
+    if count < len(named):
+        raise ConfigError(f"--train {count} is fewer than the {len(named)} --train-ids; give at least "
+                          f"{len(named)} (the ids plus generated ones) or leave --train out")
+    extra, index = [], 0
+    while len(named) + len(extra) < count:
+        frame = frame_of(split, index)
+        index += 1
+        if frame not in named:
+            extra.append(frame)
+    return sorted(named | set(extra))
 
 
 def _files(split: str, frame: FrameId) -> list[str]:
@@ -91,8 +144,7 @@ def _coarse(annotated: list[tuple[str, np.ndarray]], width: int, height: int) ->
 
 def _make_one(task: _Task) -> int:
     """Draw and write one frame's files; returns the bytes written. Skips a frame whose files all exist."""
-    root, opts = Path(task.root), task.options
-    frame = frame_of(task.split, task.index)
+    root, opts, frame = Path(task.root), task.options, task.frame
     paths = [root / name for name in _files(task.split, frame)]
     if all(path.exists() for path in paths):
         return 0
@@ -137,9 +189,11 @@ def _pack_zips(tree: Path) -> None:
 def synthesize(out: Path, options: SynthOptions, *, workers: int | None = None, force: bool = False) -> bool:
     """Write a stand-in dataset to ``out``; returns False when a complete one with these options was already there.
 
-    Raises DataError if ``out`` holds something else, or cannot be written.
+    Raises DataError if ``out`` holds something else, or cannot be written; ConfigError for fewer train images
+    than ``train_ids``.
     """
     out = Path(out)
+    frames = {split: split_frames(split, options) for split in SPLITS}  # bad train_ids: refused before any write
     settings = json.loads(json.dumps(asdict(options)))  # as it reads back from the options file
     check_output_folder(out, what="stand-in data", ours=lambda folder: (folder / MARKER).exists())
     if (out / MARKER).exists() and not force:
@@ -154,7 +208,8 @@ def synthesize(out: Path, options: SynthOptions, *, workers: int | None = None, 
         shutil.rmtree(partial)  # an interrupted build with other options: start over
     partial.mkdir(parents=True, exist_ok=True)
     atomic.write_json(options_file, settings)
-    tasks = [_Task(str(partial), split, i, options) for split in SPLITS for i in range(options.counts.get(split, 0))]
+    shared = replace(options, train_ids=None)
+    tasks = [_Task(str(partial), split, i, frame, shared) for split in SPLITS for i, frame in enumerate(frames[split])]
     for _ in run_tasks(_make_one, tasks, workers=workers or default_workers(), desc="synth"):
         pass
     if options.as_zips:
