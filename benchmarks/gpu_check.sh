@@ -12,9 +12,11 @@
 #   3. train_step                         benchmarks/train_step.py --steps 5 on cuda
 #   4. zoo                                hrnet_w48_ocr and upernet_internimage_l at 1024x2048, fp32 against bf16:
 #                                         time, peak memory, share of pixels whose class differs
-#   5. batched group                      benchmarks/batched_group.py: K U-Nets as one stacked (grouped-conv)
+#   5. concurrent trainings               benchmarks/study_throughput.py --device cuda --parallel 1,2,4,8
+#   6. batched group                      benchmarks/batched_group.py: K U-Nets as one stacked (grouped-conv)
 #                                         model against K separate steps, K = 1, 4, 8, fp32 and bf16
-#   6. concurrent trainings               benchmarks/study_throughput.py --device cuda --parallel 1,2,4,8
+#   7. DeepLabV3+ step                    benchmarks/deeplab_step.py: one supervised R50 step at crop 801,
+#                                         batch 8, fp32 and bf16, and the projected time of one training
 # Then one table (stage, what, result, status) is printed and appended to benchmarks/RESULTS.md with the device
 # name. Without a CUDA device it prints one line and exits 0. The logs stay in a folder under /tmp (named in
 # the table's notes).
@@ -110,13 +112,17 @@ stage "train_step" 120 "$WORK/bench/RESULTS.md" "$PY" "$WORK/bench/train_step.py
 stage "zoo fp32 vs bf16" 80 "$WORK/zoo.json" "$PY" benchmarks/gpu_concurrent.py zoo \
   --models hrnet_w48_ocr,upernet_internimage_l --size 1024x2048 --repeats 3 --cache "$CACHE" --json "$WORK/zoo.json"
 
-# 5. a whole group as one stacked model (the batched experiment)
-stage "batched group" 60 "$WORK/batched.json" "$PY" benchmarks/batched_group.py --device cuda --groups 1,4,8 \
+# 5. concurrent trainings sharing the device (at most 150 s)
+stage "concurrent trainings" 150 "$WORK/throughput.json" "$PY" benchmarks/study_throughput.py --device cuda \
+  --parallel 1,2,4,8 --cache "$CACHE" --json "$WORK/throughput.json" --no-record
+
+# 6. a whole group as one stacked model (the batched experiment)
+stage "batched group" 45 "$WORK/batched.json" "$PY" benchmarks/batched_group.py --device cuda --groups 1,4,8 \
   --steps 3 --json "$WORK/batched.json" --no-record
 
-# 6. concurrent trainings sharing the device (the rest of the budget, at most 240 s)
-stage "concurrent trainings" 240 "$WORK/throughput.json" "$PY" benchmarks/study_throughput.py --device cuda \
-  --parallel 1,2,4,8 --cache "$CACHE" --json "$WORK/throughput.json" --no-record
+# 7. the semi-supervised benchmark's supervised DeepLabV3+ R50 step (crop 801, batch 8)
+stage "deeplabv3+ step" 45 "$WORK/deeplab.json" "$PY" benchmarks/deeplab_step.py --device cuda --steps 3 \
+  --json "$WORK/deeplab.json" --no-record
 
 "$PY" benchmarks/gpu_concurrent.py summary "$WORK" --device-name "$DEVICE_NAME"
 echo "gpu_check: done in $((SECONDS - START)) s"
