@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import cityscapes_lab  # noqa: F401  (first: it sets THP_MEM_ALLOC_ENABLE before torch allocates)
@@ -31,7 +29,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from results import markdown_table, record  # noqa: E402
+from results import markdown_table, record, timed_steps  # noqa: E402
 
 from cityscapes_lab.engine.losses import pixel_cross_entropy  # noqa: E402
 from cityscapes_lab.engine.optim import DecoupledAdamW  # noqa: E402
@@ -100,21 +98,6 @@ def check_equal(device: torch.device) -> float:
         return max((together[:, m] - models[m](images[m])).abs().max().item() for m in range(3))
 
 
-def timed(step, steps: int, device: torch.device) -> float:
-    for _ in range(2):
-        step()
-    times = []
-    for _ in range(steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def measure(k: int, batch: int, steps: int, device: torch.device, dtype: torch.dtype | None) -> tuple[float, float]:
     """(images/s of K separate steps one after another, images/s of one stacked step)."""
     channels_last = True
@@ -138,8 +121,8 @@ def measure(k: int, batch: int, steps: int, device: torch.device, dtype: torch.d
         stacked = stacked.to(memory_format=torch.channels_last)
     together_x = stacked_input(images).contiguous(memory_format=torch.channels_last)
     optimizer = DecoupledAdamW(stacked.parameters(), lr=0.003, decay=1e-4)
-    one = timed(separate, steps, device)
-    many = timed(lambda: train(stacked, optimizer, together_x, targets, stacked_loss), steps, device)
+    one, _ = timed_steps(separate, steps, device)
+    many, _ = timed_steps(lambda: train(stacked, optimizer, together_x, targets, stacked_loss), steps, device)
     return k * batch / one, k * batch / many
 
 

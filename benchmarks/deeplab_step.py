@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import cityscapes_lab  # noqa: F401  (first: it sets THP_MEM_ALLOC_ENABLE before torch allocates)
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from results import markdown_table, record  # noqa: E402
+from results import markdown_table, record, timed_steps  # noqa: E402
 
 from cityscapes_lab.engine.losses import ohem_cross_entropy  # noqa: E402
 from cityscapes_lab.models import build_model  # noqa: E402
@@ -48,20 +46,8 @@ def step_speed(model_name: str, crop: int, batch: int, steps: int, device: torch
         loss.backward()
         optimizer.step()
 
-    for _ in range(2):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    return batch / statistics.median(times), peak
+    seconds, peak = timed_steps(step, steps, device)
+    return batch / seconds, peak
 
 
 def main() -> None:

@@ -1,13 +1,37 @@
-"""Shared by the benchmark scripts: describe the machine, print a table, append it to RESULTS.md."""
+"""Shared by the benchmark scripts: time a step, describe the machine, print a table, append it to RESULTS.md."""
 
 from __future__ import annotations
 
 import os
 import platform
+import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def timed_steps(step: Callable[[], object], steps: int, device, warmup: int = 2) -> tuple[float, float]:
+    """(median seconds of ``steps`` calls of ``step`` after ``warmup`` untimed ones (and compilation), peak GPU
+    memory in GiB over the timed calls, NaN on the CPU). On a GPU each call is waited for."""
+    import torch
+
+    cuda = device.type == "cuda"
+    for _ in range(warmup):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    return statistics.median(times), peak
 
 
 def machine() -> str:

@@ -34,7 +34,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import cityscapes_lab  # noqa: F401  (first: it sets THP_MEM_ALLOC_ENABLE, which PyTorch reads once, as training does)
@@ -43,7 +42,7 @@ import torch
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from results import markdown_table, record  # noqa: E402
+from results import markdown_table, record, timed_steps  # noqa: E402
 
 from cityscapes_lab.engine.losses import pixel_cross_entropy  # noqa: E402
 from cityscapes_lab.engine.optim import DecoupledAdamW  # noqa: E402
@@ -85,20 +84,8 @@ def step_speed(alpha: float, batch: int, steps: int, device: torch.device, chann
         loss.backward()
         optimizer.step()
 
-    for _ in range(2):  # warm-up (and compilation)
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    return batch / statistics.median(times), peak
+    seconds, peak = timed_steps(step, steps, device)  # after 2 warm-up steps (and compilation)
+    return batch / seconds, peak
 
 
 PEER = "the study's original code (Keras, tensorflow-cpu, fp32)"

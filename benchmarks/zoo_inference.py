@@ -10,15 +10,13 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from results import markdown_table, record  # noqa: E402
+from results import markdown_table, record, timed_steps  # noqa: E402
 
 from cityscapes_lab.engine.runtime import Runtime  # noqa: E402
 from cityscapes_lab.models import build_model  # noqa: E402
@@ -35,22 +33,12 @@ def time_model(name: str, device: torch.device, precision: str, channels_last: b
     if channels_last:
         model, images = model.to(memory_format=torch.channels_last), images.contiguous(memory_format=torch.channels_last)
     forward = torch.compile(model) if compiled else model
-    with torch.no_grad():
-        with Runtime(device, precision).autocast():
-            forward(images)  # warm-up (and compilation)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            with Runtime(device, precision).autocast():
-                forward(images)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append((time.perf_counter() - start) / batch)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    return statistics.median(times), peak
+    def step() -> None:
+        with torch.no_grad(), Runtime(device, precision).autocast():
+            forward(images)
+
+    seconds, peak = timed_steps(step, repeats, device, warmup=1)  # warm-up (and compilation)
+    return seconds / batch, peak
 
 
 def main() -> None:
