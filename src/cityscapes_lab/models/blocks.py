@@ -1,4 +1,4 @@
-"""Building blocks shared by the zoo's networks."""
+"""Building blocks shared by the zoo's networks: the ResNet bottleneck and stochastic depth."""
 
 from __future__ import annotations
 
@@ -33,3 +33,18 @@ class Bottleneck(nn.Module):
         out = self.bn3(self.conv3(out))
         shortcut = x if self.downsample is None else self.downsample(x)
         return F.relu(out + shortcut, inplace=True)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: in training, drop a residual branch for a whole sample with probability ``p`` (and
+    scale the kept ones by 1/(1-p)); the identity in evaluation (SegFormer, InternImage)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1.0 - self.p)
+        return x * keep / (1.0 - self.p)

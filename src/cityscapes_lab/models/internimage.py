@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .blocks import DropPath
 from .dcnv3 import DCNv3, activation, build_norm
 from .recompute import checkpointed
 
@@ -51,20 +52,6 @@ class MLPLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: in training, drop a residual branch for random samples and rescale the others."""
-
-    def __init__(self, rate: float):
-        super().__init__()
-        self.rate = rate
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.rate == 0.0:
-            return x
-        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1.0 - self.rate)
-        return x * keep / (1.0 - self.rate)
 
 
 class InternImageLayer(nn.Module):

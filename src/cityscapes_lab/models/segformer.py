@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .blocks import DropPath
 from .recompute import checkpointed
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # SegformerImageProcessor's (after its 1/255 rescale), NVlabs' * 255
@@ -61,21 +62,6 @@ def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 def _to_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """(N, H*W, C) tokens -> (N, C, H, W) map."""
     return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], height, width)
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: in training, drop a residual branch for a whole sample with probability ``p`` (and
-    scale the kept ones by 1/(1-p)); the identity in evaluation."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1.0 - self.p)
-        return x * keep / (1.0 - self.p)
 
 
 class PatchEmbedding(nn.Module):
