@@ -65,9 +65,9 @@ def _forbidden_globals(path: Path, exc: BaseException) -> list[str]:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
     except Exception:  # noqa: BLE001 - not a zip checkpoint: take the name from torch's message
         names = re.findall(r"GLOBAL ([\w.]+)", str(exc))
-    allowed = {"numpy.dtype", "numpy.ndarray"} | {f"numpy.{core}.{n}" for n in NUMPY_DATA_GLOBALS
-                                                   for core in ("core", "_core")}
-    return [n for n in names if n not in allowed and not n.startswith("numpy.dtypes.")]
+    allowed = {entry[1] if isinstance(entry, tuple) else f"{entry.__module__}.{entry.__qualname__}"
+               for entry in _numpy_data_globals()}  # the names the load allowed, as the file spells them
+    return [n for n in names if n not in allowed]
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
