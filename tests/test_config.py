@@ -56,14 +56,18 @@ def test_bad_files(tmp_path):
 
 def test_config_show_round_trips(tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
-        main(["config", "show", "--set", "train.epochs=4", "--set", "study.eval_splits=val,test"])
+        main(["config", "show", "--set", "train.epochs=4", "--set", "study.eval_splits=val,test", "--set",
+              'train.model_options={"backbone_weights": "r 50.pth", "depths": [1, 2], "key-2": true}'])
     assert exited.value.code == 0
     text = capsys.readouterr().out
     assert "epochs = 4  # epochs (config.ini NUM_EPOCHS)" in text
+    assert 'model_options = {backbone_weights = "r 50.pth", depths = [1, 2], key-2 = true}' in text  # TOML
     saved = tmp_path / "shown.toml"
     saved.write_text(text)
     reloaded = load_config(saved)
-    assert reloaded == load_config(overrides=["train.epochs=4", "study.eval_splits=val,test"])
+    assert reloaded == load_config(overrides=["train.epochs=4", "study.eval_splits=val,test",
+                                              'train.model_options={"backbone_weights": "r 50.pth", '
+                                              '"depths": [1, 2], "key-2": true}'])
     assert format_config(reloaded) == text
 
 

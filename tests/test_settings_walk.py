@@ -351,6 +351,12 @@ def test_model_and_alpha_choose_the_network_of_every_training():
         training_model(TrainConfig(model="hrnet_w48_ocr", alpha=0.5), 19)
     with pytest.raises(ConfigError, match="unknown model 'nope'"):
         training_model(TrainConfig(model="nope"), 19)
+    small_deeplab, options = training_model(TrainConfig(model="deeplabv3plus_r50",
+                                                        model_options={"depths": [1, 1, 1, 1], "width": 8}), 19)
+    assert options == {"depths": [1, 1, 1, 1], "width": 8} and small_deeplab.backbone.channels[0] == 32
+    assert load_config(overrides=['train.model_options={"width": 8}']).train.model_options == {"width": 8}
+    with pytest.raises(ConfigError, match="train.model_options"):
+        load_config(overrides=["train.model_options=8"])
 
 
 def test_threads_and_device(tiny_paper, tmp_path, monkeypatch):
@@ -461,7 +467,10 @@ def test_keep_freed_memory_is_applied_by_the_training_that_asks_for_it(tmp_path,
 
 
 SPECIAL = {"train.keep_freed_memory", "train.epochs", "train.model", "train.alpha", "train.threads", "train.device", "train.nan_check",
-           "train.adam_epsilon_rule", "train.momentum", "train.loss", "train.ohem_threshold", "train.ohem_min_kept"}
+           "train.adam_epsilon_rule", "train.momentum", "train.loss", "train.ohem_threshold", "train.ohem_min_kept",
+           "train.model_options",
+           # the standard protocol's study settings: walked in tests/study/test_standard_study.py
+           "study.labeled_subset", "study.eval_rule", "study.eval_window"}
 
 
 # --- the study's settings: tiny studies, each beside one with the default ----------------------------------------
@@ -558,6 +567,15 @@ def block_output(study):
     assert np.all(np.asarray(base_pairs.labels)[base_masks] == 0)
 
 
+def im_label(study):
+    # teacher: disagreeing pixels keep the first teacher's class (not the IM class 0); the input is still black
+    pairs, masks = _im_pairs(study("im", "semisup.im_label=teacher"))
+    assert masks.any() and np.any(np.asarray(pairs.labels)[masks] != 0)
+    assert np.all(np.asarray(pairs.images)[masks] == 0)
+    base_pairs, base_masks = _im_pairs(study("im"))
+    assert np.array_equal(masks, base_masks) and np.all(np.asarray(base_pairs.labels)[base_masks] == 0)
+
+
 def _set_size(s, group):
     return len(s.arrays(group, "set"))
 
@@ -592,6 +610,9 @@ STUDY = {
     "semisup.im_dilate": lambda study: _erode_or_dilate(study, "semisup.im_dilate=3") is None,
     "semisup.block_input": lambda study: block_input(study) is None,
     "semisup.block_output": lambda study: block_output(study) is None,
+    "semisup.im_label": lambda study: im_label(study) is None,
+    "semisup.student_epochs": lambda study: ({r.epochs for r in study("im", "semisup.student_epochs=2").members("im")},
+                                             {r.epochs for r in study("im").members("im")}) == ({2}, {1}),
     "semisup.ie_cumulative": lambda study: not np.array_equal(
         np.asarray(study("ie").arrays("ie/run1/n3/gen0").labels),
         np.asarray(study("ie", "semisup.ie_cumulative=false").arrays("ie/run1/n3/gen0").labels)),

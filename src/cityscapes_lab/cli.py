@@ -154,12 +154,15 @@ def config_show(config_file: Path | None, overrides: tuple[str, ...]) -> None:
 
 
 @cli.command()
-@click.option("--data", type=click.Path(path_type=Path), required=True, help="A folder made by `prepare --protocol paper`.")
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help="A folder made by `prepare --protocol paper`, or `--protocol standard` (then set "
+                   "study.labeled_subset).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="The study folder (created or continued).")
 @click.option("--approaches", default="fdt,ldt,aldt", show_default=True, help="Comma-separated approaches to run.")
 @click.option("--runs", type=click.IntRange(1), default=None, help="Runs per approach [study.runs, default 3].")
 @click.option("--models", type=click.IntRange(1), default=None, help="Models per baseline group [study.models, default 10].")
-@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="A TOML settings file.")
+@click.option("--config", "config_files", type=click.Path(path_type=Path), multiple=True,
+              help="A TOML settings file (repeatable: later files override earlier ones).")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override one setting, e.g. --set train.epochs=5 (repeatable; see `config show`).")
 @click.option("--save-predictions", is_flag=True, help="Write every model's predictions as official-format PNGs.")
@@ -177,7 +180,7 @@ def config_show(config_file: Path | None, overrides: tuple[str, ...]) -> None:
               "train nothing.")
 @click.option("--throughput", type=click.FloatRange(min=0, min_open=True), default=None,
               help="--plan: images/s of one training [default: measured by a short probe here].")
-def study(data: Path, out: Path, approaches: str, runs: int | None, models: int | None, config_file: Path | None,
+def study(data: Path, out: Path, approaches: str, runs: int | None, models: int | None, config_files: tuple[Path, ...],
           overrides: tuple[str, ...], save_predictions: bool, executor: str, parallel: int, ray_address: str | None,
           cpus_per_task: float, gpus_per_task: float, plan_only: bool, throughput: float | None) -> None:
     """Train and score every group of the chosen approaches; rerun the same command to continue after a stop."""
@@ -186,7 +189,10 @@ def study(data: Path, out: Path, approaches: str, runs: int | None, models: int 
 
     extra = [f"study.runs={runs}"] * (runs is not None) + [f"study.models={models}"] * (models is not None)
     extra += ["study.save_predictions=true"] * save_predictions
-    config = load_config(config_file, list(overrides) + extra)
+    config = None
+    for path in config_files[:-1]:
+        config = load_config(path, base=config)
+    config = load_config(config_files[-1] if config_files else None, list(overrides) + extra, base=config)
     names = [a.strip().lower() for a in approaches.split(",") if a.strip()]
     if plan_only:
         _say(describe_plan(data, out, names, config, throughput, executor, parallel, gpus_per_task))
@@ -289,6 +295,8 @@ PROTOCOL_HELP = ("whole: one forward pass; slide: the model's windows, logits av
                  "flip; slide-unimatch-v1: UniMatch V1's 801 windows every 534, edge windows truncated, softmax "
                  "summed; slide-shifted: the same with the last window shifted back to the border (UniMatch V2); "
                  "center-crop: U2PL's 769x769 centre crop, only it scored.")
+WINDOW_HELP = ("slide-unimatch-v1 / slide-shifted: the square window (stride 2/3 of it) [default: 801; UniMatch V2's "
+               "DINOv2 models: 798]; center-crop: the crop [default: 769].")
 
 
 @zoo.command("eval")
@@ -299,6 +307,7 @@ PROTOCOL_HELP = ("whole: one forward pass; slide: the model's windows, logits av
 @click.option("--split", default="val", show_default=True, help="The split to score.")
 @click.option("--protocol", type=click.Choice(PROTOCOL_NAMES), default="whole", show_default=True,
               help=PROTOCOL_HELP)
+@click.option("--window", type=click.IntRange(16), default=None, help=WINDOW_HELP)
 @click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N images.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "auto"]), default="fp32", show_default=True,
@@ -306,8 +315,8 @@ PROTOCOL_HELP = ("whole: one forward pass; slide: the model's windows, logits av
                    "on a GPU, fp32 on the CPU.")
 @click.option("--json", "json_file", type=click.Path(path_type=Path), default=None,
               help="Write the scores here, with the weights file's size and sha256.")
-def zoo_eval(name: str, weights: Path, raw: Path, split: str, protocol: str, limit: int | None, device: str,
-             precision: str, json_file: Path | None) -> None:
+def zoo_eval(name: str, weights: Path, raw: Path, split: str, protocol: str, window: int | None, limit: int | None,
+             device: str, precision: str, json_file: Path | None) -> None:
     """Score a published model on the raw download at the original resolution (official metrics)."""
     from .engine.prediction import load_predictor
     from .engine.zoo_eval import check_split, evaluate_on_raw
@@ -316,14 +325,14 @@ def zoo_eval(name: str, weights: Path, raw: Path, split: str, protocol: str, lim
     check_split(split)
     if json_file:
         check_output_file(json_file, option="--json")
-    predictor = load_predictor(name, weights, protocol, device, precision)
+    predictor = load_predictor(name, weights, protocol, device, precision, window=window)
     result = evaluate_on_raw(predictor, raw, split, limit)
     scores, runtime = result.scores.as_dict(), predictor.runtime
     _say(f"{name} on {split} ({result.images} images, {protocol}): mIoU {scores['mIoU']:.4f}  iIoU {scores['iIoU']:.4f}"
          f"  category mIoU {scores['category_mIoU']:.4f}  ({result.seconds_per_image:.2f} s per image on "
          f"{runtime.device.type}, {runtime.precision})")
     if json_file:
-        _write_json(json_file, {**predictor.describe(), "split": split, "protocol": protocol,
+        _write_json(json_file, {**predictor.describe(), "split": split, "protocol": protocol, "window": window,
                                 "images": result.images, "seconds_per_image": result.seconds_per_image, **scores})
 
 
@@ -337,6 +346,7 @@ def zoo_eval(name: str, weights: Path, raw: Path, split: str, protocol: str, lim
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the outputs.")
 @click.option("--protocol", type=click.Choice(PROTOCOL_NAMES), default="whole", show_default=True,
               help=PROTOCOL_HELP)
+@click.option("--window", type=click.IntRange(16), default=None, help=WINDOW_HELP)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="auto: bf16 autocast on a GPU (fast), fp32 on the CPU; fp32 for the published numerics.")
@@ -345,7 +355,7 @@ def zoo_eval(name: str, weights: Path, raw: Path, split: str, protocol: str, lim
 @click.option("--json", "json_file", type=click.Path(path_type=Path), default=None,
               help="Write what produced the predictions here: model, weights file (size, sha256), protocol, device.")
 def predict(name: str | None, weights: Path | None, random_weights: bool, inputs: tuple[Path, ...], out: Path,
-            protocol: str, device: str, precision: str, no_color: bool, no_overlay: bool,
+            protocol: str, window: int | None, device: str, precision: str, no_color: bool, no_overlay: bool,
             json_file: Path | None) -> None:
     """Segment images, folders of images and videos: labelIds PNGs (official submission format), colour PNGs
     and overlays in OUT."""
@@ -357,10 +367,11 @@ def predict(name: str | None, weights: Path | None, random_weights: bool, inputs
     if json_file:
         check_output_file(json_file, option="--json")
     collect_inputs(list(inputs))  # a missing input fails before the model loads
-    predictor = load_predictor(name, weights, protocol, device, precision, random_weights=random_weights)
+    predictor = load_predictor(name, weights, protocol, device, precision, random_weights=random_weights,
+                               window=window)
     count = predict_files(predictor, list(inputs), out, colour=not no_color, overlays=not no_overlay)
     if json_file:
-        _write_json(json_file, {**predictor.describe(), "protocol": protocol, "predictions": count,
+        _write_json(json_file, {**predictor.describe(), "protocol": protocol, "window": window, "predictions": count,
                                 "out": str(out)})
     _say(f"wrote {count} predictions to {out}/labelIds (submission format)"
          + ("" if no_color else ", color") + ("" if no_overlay else ", overlay"))

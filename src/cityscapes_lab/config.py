@@ -32,11 +32,19 @@ def setting(default: Any, help: str) -> Any:  # noqa: A002 - the natural name
     return field(default=default, metadata={"help": help})
 
 
+#: study.eval_rule: the evaluation rules of engine.prediction.PROTOCOLS that score a study's own networks
+EVAL_RULES = ("whole", "slide-unimatch-v1", "slide-shifted", "center-crop")
+#: semisup.im_label
+IM_LABELS = ("auto", "im_class", "ignore", "teacher")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run of a segmentation network (notes 2.2)."""
 
     model: str = setting("unet_paper", "registry name of the network")
+    model_options: dict = setting({}, "options of the network (its constructor's keywords, e.g. {backbone_weights = "
+                                      "\"resnet50.pth\"} for DeepLabV3+'s ImageNet encoder; alpha: train.alpha)")
     alpha: float = setting(1.0, "width multiplier of the U-Net (config.ini ALPHA)")
     epochs: int = setting(50, "epochs (config.ini NUM_EPOCHS) of a segmentation training (EvalNets: "
                               "semisup.evalnet_epochs, consistency loss: semisup.cl_epochs)")
@@ -183,6 +191,14 @@ class StudyConfig:
     eval_splits: list = setting(["val", "test", "train_unlabeled"], "splits every trained model is scored on")
     full_resolution: bool = setting(False, "also score official metrics at the original resolution (slow)")
     save_predictions: bool = setting(False, "write predictions as official-format labelId PNGs")
+    labeled_subset: str = setting("", "standard protocol: the labeled subset the study uses (1/16, 1/8, 1/4, 1/2 or "
+                                      "1/30: prepare's train_labeled_1_16 ... and their complements); empty on the "
+                                      "paper protocol, which has one")
+    eval_rule: str = setting("whole", "standard protocol: how every trained model is scored (whole, "
+                                      "slide-unimatch-v1, slide-shifted, center-crop; README: evaluation rules); "
+                                      "the paper protocol scores whole images")
+    eval_window: int = setting(0, "the sliding window (or centre crop) of study.eval_rule; 0 = the rule's own (801 "
+                                  "or 769)")
 
     def __post_init__(self) -> None:
         _check(self.runs >= 1, "study.runs", "must be >= 1")
@@ -190,6 +206,10 @@ class StudyConfig:
         _check(self.top_k >= 1, "study.top_k", "must be >= 1")
         _check(isinstance(self.eval_splits, list) and "val" in self.eval_splits, "study.eval_splits",
                "must be a list that includes val")
+        _check(self.eval_rule in EVAL_RULES, "study.eval_rule", f"must be one of {', '.join(EVAL_RULES)}")
+        _check(self.eval_window >= 0, "study.eval_window", "must be >= 0 (0: the rule's own window)")
+        _check(self.eval_window == 0 or self.eval_rule != "whole", "study.eval_window",
+               "applies to a sliding or centre-crop study.eval_rule; leave it at 0 for whole")
 
 
 @dataclass(frozen=True)
@@ -198,11 +218,16 @@ class SemisupConfig:
 
     generations: int = setting(5, "generations of students (the study: 5, plotted as 1..5)")
     students: int = setting(5, "students per group; consistency loss: repetitions per strength")
+    student_epochs: int = setting(0, "epochs of a generation's students (0 = train.epochs, as the study); their set "
+                                     "holds every unlabeled image, so on the standard protocol an epoch is long")
     n: list = setting([], "restrict the teacher counts n of every approach (empty: each approach's study values)")
     im_erode: int = setting(0, "IM erosion kernel (config.ini ERODE_KERNEL; 0 = off)")
     im_dilate: int = setting(0, "IM dilation kernel (config.ini DILATE_KERNEL; 0 = off)")
     block_input: bool = setting(True, "black out the input under the IM (config.ini BLOCK_INPUT)")
     block_output: bool = setting(True, "label the IM as class 0 (config.ini BLOCK_OUTPUT)")
+    im_label: str = setting("auto", "the label of the pixels where IM teachers disagree: im_class (class 0, the "
+                                    "paper protocol's), ignore (255, left out of the loss: the standard protocol's), "
+                                    "teacher (the first teacher's class, nothing masked); auto = the protocol's")
     ie_cumulative: bool = setting(True, "input ensemble: each copy augments the previous one, no clean copy (study)")
     threshold_low: float = setting(0.372, "EvalNet score thresholds (config.ini MIN_THRESHOLD: the study's ALDT "
                                           "test mIoU)")
@@ -217,11 +242,13 @@ class SemisupConfig:
 
     def __post_init__(self) -> None:
         _check(self.generations >= 1 and self.students >= 1, "semisup.generations/students", "must be >= 1")
+        _check(self.student_epochs >= 0, "semisup.student_epochs", "must be >= 0 (0: train.epochs)")
         _check(isinstance(self.n, list) and all(isinstance(v, int) and v >= 1 for v in self.n), "semisup.n",
                "must be a list of positive integers")
         _check(0 <= self.threshold_low <= self.threshold_high <= 1, "semisup.threshold_low/high",
                "must satisfy 0 <= low <= high <= 1")
         _check(self.evalnets >= 1 and self.evalnet_epochs >= 1, "semisup.evalnets/evalnet_epochs", "must be >= 1")
+        _check(self.im_label in IM_LABELS, "semisup.im_label", f"must be one of {', '.join(IM_LABELS)}")
         _check(self.cl_epochs >= 1 and self.label_batch_size >= 1, "semisup.cl_epochs/label_batch_size",
                "must be >= 1")
 
@@ -284,12 +311,18 @@ def _parse_value(key: str, text: str, kind: Any) -> Any:
             return int(text)
         if kind is float:
             return float(text)
+        if kind is dict:
+            value = json.loads(text)
+            if not isinstance(value, dict):
+                raise ValueError
+            return value
         if kind is list:
             value = json.loads(text) if text.strip().startswith("[") else [v.strip() for v in text.split(",") if v.strip()]
             return [_number_or_text(v) for v in value]
         return text
     except (ValueError, json.JSONDecodeError):
-        raise ConfigError(f"{key}={text!r}: expected {getattr(kind, '__name__', kind)}") from None
+        expected = "a JSON object, e.g. {\"width\": 8}" if kind is dict else getattr(kind, "__name__", kind)
+        raise ConfigError(f"{key}={text!r}: expected {expected}") from None
 
 
 def _number_or_text(value: Any) -> Any:
@@ -377,5 +410,16 @@ def format_config(config: Config) -> str:
         lines.append(f"\n[{section.name}]")
         value = getattr(config, section.name)
         for f in fields(value):
-            lines.append(f"{f.name} = {json.dumps(getattr(value, f.name))}  # {f.metadata.get('help', '')}")
+            lines.append(f"{f.name} = {toml_value(getattr(value, f.name))}  # {f.metadata.get('help', '')}")
     return "\n".join(lines) + "\n"
+
+
+def toml_value(value: Any) -> str:
+    """A setting's value as TOML (JSON's form for scalars and lists; tables inline, ``{key = value}``)."""
+    if isinstance(value, dict):
+        items = [f"{key if key.replace('_', '').replace('-', '').isalnum() else json.dumps(key)} = {toml_value(v)}"
+                 for key, v in value.items()]
+        return "{" + ", ".join(items) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(value)

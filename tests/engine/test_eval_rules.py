@@ -225,3 +225,26 @@ def test_the_command_line_offers_every_named_protocol():
     for command in (cli.commands["zoo"].commands["eval"], cli.commands["predict"]):
         option = next(p for p in command.params if p.name == "protocol")
         assert list(option.type.choices) == list(PROTOCOLS)
+
+
+def test_window_on_the_command_line(tmp_path, capsys):
+    """--window sets the rule's window (or crop) from the command line, and is refused where a rule has none."""
+    import json
+
+    from oneline import expect_error, run_cli
+
+    image = images_of((1, 40, 60, 3))[0]
+    cv2.imwrite(str(tmp_path / "frame.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    args = ["predict", "--model", "unet_paper", "--random-weights", tmp_path / "frame.png", "--no-color",
+            "--no-overlay"]
+    code, _, err = run_cli(args + ["--out", tmp_path / "crop", "--protocol", "center-crop", "--window", "32",
+                                   "--json", tmp_path / "crop.json"], capsys)
+    assert code == 0, err
+    assert cv2.imread(str(tmp_path / "crop/labelIds/frame.png"), cv2.IMREAD_UNCHANGED).shape == (32, 32)
+    assert json.loads((tmp_path / "crop.json").read_text())["window"] == 32
+    code, _, err = run_cli(args + ["--out", tmp_path / "slide", "--protocol", "slide-shifted", "--window", "48"],
+                           capsys)
+    assert code == 0, err
+    expect_error(args + ["--out", tmp_path / "whole", "--protocol", "whole", "--window", "24"], capsys,
+                 "--window applies to the protocols slide-unimatch-v1, slide-shifted, center-crop")
+    assert not (tmp_path / "whole").exists()

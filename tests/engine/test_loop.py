@@ -23,6 +23,16 @@ def test_stream_passes_over_every_image_and_keeps_the_short_batch():
     assert not np.array_equal(np.concatenate(first_pass), second_pass)  # reshuffled every pass
 
 
+def test_stream_with_drop_last_gives_only_full_batches():
+    """The standard protocol's order: a short last batch is left out, so that no process of a DDP training gets
+    a batch of one image (BatchNorm cannot train on it)."""
+    stream = BatchStream(10, 4, seed=1, drop_last=True)
+    batches = [stream.batch(step) for step in range(6)]
+    assert [len(b) for b in batches] == [4] * 6
+    assert len(set(np.concatenate(batches[:2]).tolist())) == 8  # a pass: 2 batches of distinct images
+    assert BatchStream(3, 4, seed=0, drop_last=True).batch(0).tolist() != []  # a set smaller than a batch: all
+
+
 def test_stream_is_a_pure_function_of_seed_and_step():
     a, b = BatchStream(50, 8, seed=3), BatchStream(50, 8, seed=3)
     forward = [a.batch(s).tolist() for s in range(20)]

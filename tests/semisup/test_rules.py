@@ -37,6 +37,22 @@ def test_im_with_three_teachers_and_without_blocking():
     assert label[0, 0] == 0  # disagreement gives the IM class even unblocked (the first teacher's label is not kept)
 
 
+def test_im_on_the_standard_protocol_ignores_disagreement():
+    """fill=255: disagreeing pixels get the ignore label (trainId 0 is road, a real class); fill=None keeps the
+    first teacher's class there, so only the input is blacked out."""
+    teachers = np.stack([A, B]) - 5  # trainIds 0 (road), 2, 4, 3; B's 3 at (2, 3) becomes -2, set to 17
+    teachers = np.where(teachers < 0, 17, teachers)
+    label, mask, masked = inconsistency_mask(teachers, IMAGE, fill=255)
+    assert mask.sum() == 2 and mask[1, 1] and mask[2, 3]
+    assert label[1, 1] == label[2, 3] == 255
+    assert np.array_equal(label[~mask], teachers[0][~mask]) and (label == 0).sum() == 3  # road kept as class 0
+    assert np.all(masked[mask] == 0)
+    kept, mask_kept, _ = inconsistency_mask(teachers, IMAGE, fill=None)
+    assert np.array_equal(mask_kept, mask) and np.array_equal(kept, teachers[0])
+    eroded, _, _ = inconsistency_mask(teachers, IMAGE, erode=3, dilate=0, fill=255)
+    assert not (eroded == 255).any()  # eroded away, and the freed pixels take their neighbours' classes
+
+
 def test_im_morphology():
     teachers = np.stack([np.full((7, 7), 4), np.full((7, 7), 4)])
     teachers[1, 2:5, 2:5] = 6  # a 3x3 disagreement block

@@ -43,16 +43,18 @@ def label_ids_of(predictions: np.ndarray, protocol: str) -> np.ndarray:
     return (PAPER_TO_LABELID if protocol == "paper" else TRAINID_TO_LABELID)[predictions]
 
 
-def score_split(predictions: np.ndarray, split: SplitArrays, protocol: str, chunk: int = 64) -> SplitScores:
+def score_split(predictions: np.ndarray, split: SplitArrays, protocol: str, chunk: int = 64,
+                image_area: int | None = None) -> SplitScores:
     """Scores of (N, H, W) predictions (paper indices or trainIds, by protocol) against a labeled split, read
-    ``chunk`` images at a time."""
+    ``chunk`` images at a time. ``image_area``: pixels of a whole stored image, where the predictions cover a crop
+    of it (the iIoU weights instances by their size at the stored resolution)."""
     if split.labels is None:
         raise DataError(f"split {split.name!r} has no labels to score against")
     confusion = ConfusionMatrix()
     instances = None
     if split.instances is not None:
         height, width = predictions.shape[1:]
-        instances = InstanceStats(area_scale=height * width / FULL_IMAGE_AREA)
+        instances = InstanceStats(area_scale=(image_area or height * width) / FULL_IMAGE_AREA)
     accuracy, iou = [], []
     for start in range(0, len(predictions), chunk):
         rows = slice(start, start + chunk)
@@ -68,6 +70,29 @@ def score_split(predictions: np.ndarray, split: SplitArrays, protocol: str, chun
             iou.append(part.iou)
     paper = PaperScores(np.concatenate(accuracy), np.concatenate(iou)) if protocol == "paper" else None
     return SplitScores(split.name, official_scores(confusion, instances), paper)
+
+
+class _Cropped:
+    """Rows of an (N, H, W) array, read when indexed, cut to an evaluation rule's scored region."""
+
+    def __init__(self, array, protocol):
+        self.array, self.protocol = array, protocol
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        block = np.asarray(self.array[rows])
+        return block[(slice(None), *self.protocol.region(*block.shape[1:3]))]
+
+
+def cropped(split: SplitArrays, protocol) -> SplitArrays:
+    """The split's labels and instance ids as an evaluation rule scores them: whole, or its centre crop (U2PL),
+    so that they cover the pixels ``inference.predict_with`` predicts."""
+    if protocol.score_crop is None:
+        return split
+    return SplitArrays(split.name, split.ids, split.images, None if split.labels is None else _Cropped(split.labels, protocol),
+                       None if split.instances is None else _Cropped(split.instances, protocol))
 
 
 def score_full_resolution(predictions: np.ndarray, ids: list[str], protocol: str, raw: Path,

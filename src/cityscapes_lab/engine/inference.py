@@ -86,6 +86,22 @@ def predict(model: nn.Module, images: np.ndarray, runtime: Runtime) -> np.ndarra
 
 MS_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
+
+def predict_with(model: nn.Module, images: np.ndarray, protocol: InferenceProtocol, num_classes: int,
+                 runtime: Runtime) -> np.ndarray:
+    """Predicted classes (N, h, w) uint8 of (N, H, W, 3) uint8 images under an evaluation rule (``infer``; h x w:
+    the rule's scored region), ``runtime.eval_batch_size`` images at a time, or one at a time for sliding windows
+    (each holds a full-size score map)."""
+    model.eval()
+    region = protocol.region(*images.shape[1:3])
+    out = np.empty((len(images), region[0].stop - region[0].start, region[1].stop - region[1].start), np.uint8)
+    batch = 1 if protocol.mode == "slide" else runtime.eval_batch_size
+    for start in range(0, len(images), batch):
+        rows = slice(start, min(start + batch, len(images)))
+        scores = infer(model, np.asarray(images[rows]), protocol, num_classes, runtime)
+        out[rows] = scores.argmax(dim=1).to(torch.uint8).cpu().numpy()
+    return out
+
 Scores = Callable[[torch.Tensor], torch.Tensor]
 Windowed = Callable[[Scores, torch.Tensor], torch.Tensor]  # scores of a view: whole, or windows averaged
 

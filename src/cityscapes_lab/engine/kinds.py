@@ -7,8 +7,9 @@ kind               phases of an epoch (source, step)       validation, best epoc
 ``study``          arrays, cross-entropy (+ aux heads)     soft IoU on val (the study's;   train.epochs
                                                            official mIoU off the paper
                                                            protocol), highest
-``standard``       online augmentation, cross-entropy      official mIoU on val, highest   train.epochs
-                   with 255 ignored (+ aux heads)
+``standard``       online augmentation (full batches),     official mIoU on val, highest   train.epochs
+                   cross-entropy with 255 ignored (+ aux
+                   heads)
 ``consistency``    labeled arrays, cross-entropy; then     cross-entropy on val after      semisup.cl_epochs
                    view pairs, consistency loss            each pass, lowest
 ``evalnet``        EvalNet rows, MSE + BCE                 MSE + BCE on val rows, lowest   semisup.evalnet_epochs
@@ -65,7 +66,7 @@ def standard(model: nn.Module, train: SplitArrays, val: SplitArrays, config: Con
     """The standard protocol: online augmentation on the device, 255 ignored, official mIoU on val."""
     phase = Phase(OnlineAugmented(train.images, train.labels, config.online, seed),
                   cross_entropy_step(model, config.train, IGNORE_INDEX), seed,
-                  max(1, len(train) // runtime.batch_size))
+                  max(1, len(train) // runtime.batch_size), drop_last=True)
     measure = lambda m: {"val_miou": official_miou(m, val, protocol, runtime)}  # noqa: E731
     return Training((phase,), Validation(measure, "val_miou"), config.train.epochs, keras_epsilon=False)
 

@@ -54,6 +54,10 @@ PROTOCOLS: dict[str, Callable[[ModelSpec, int | None], InferenceProtocol]] = {
 }
 
 
+#: the protocols whose square window (or centre crop) ``window`` replaces
+WINDOWED = ("slide-unimatch-v1", "slide-shifted", "center-crop")
+
+
 def protocol_for(spec: ModelSpec, name: str, window: int | None = None) -> InferenceProtocol:
     """The model's version of a named protocol (``PROTOCOLS``), resizing at the model's ``align_corners``.
     ``window`` replaces the semi-supervised rules' default square window (801) or crop (769): e.g. 798 for
@@ -101,7 +105,8 @@ class Predictor:
 
 
 def load_predictor(name: str | None, weights: str | Path | None, protocol: str = "whole", device: str = "auto",
-                   precision: str = "auto", num_classes: int = 19, random_weights: bool = False) -> Predictor:
+                   precision: str = "auto", num_classes: int = 19, random_weights: bool = False,
+                   window: int | None = None) -> Predictor:
     """A registered model ready to predict. Our own checkpoints name their model, classes and input size (``name``
     may then be None; a different ``name`` is refused); a published checkpoint is loaded into ``name`` with
     ``num_classes`` (19). Without ``weights`` the model keeps its random initialisation, only if
@@ -138,7 +143,10 @@ def load_predictor(name: str | None, weights: str | Path | None, protocol: str =
     model = model.to(torch_device).eval()
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return Predictor(model, num_classes, protocol_for(spec, protocol), runtime, input_size, name,
+    if window is not None and protocol not in WINDOWED:
+        raise ConfigError(f"--window applies to the protocols {', '.join(WINDOWED)}; {protocol} has no window "
+                          "to set (leave --window out)")
+    return Predictor(model, num_classes, protocol_for(spec, protocol, window), runtime, input_size, name,
                      file_identity(weights) if weights is not None else None)
 
 

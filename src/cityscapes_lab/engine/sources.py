@@ -34,12 +34,13 @@ Batch = tuple[torch.Tensor, ...]
 
 class BatchStream:
     """The study's data order: passes over the set, each in a fresh shuffled order, cut into batches; the last
-    batch of a pass is kept even when short. Batch ``step`` is a pure function of (seed, step), so a resumed
-    training sees exactly the batches it would have seen."""
+    batch of a pass is kept even when short, or, with ``drop_last``, left out (the standard protocol's loaders:
+    a short batch split over processes can leave one image per BatchNorm). Batch ``step`` is a pure function
+    of (seed, step), so a resumed training sees exactly the batches it would have seen."""
 
-    def __init__(self, size: int, batch_size: int, seed: int):
+    def __init__(self, size: int, batch_size: int, seed: int, drop_last: bool = False):
         self.size, self.batch_size, self.seed = size, batch_size, seed
-        self.batches_per_pass = math.ceil(size / batch_size)
+        self.batches_per_pass = max(1, size // batch_size) if drop_last else math.ceil(size / batch_size)
         self._pass, self._order = -1, np.arange(0)
 
     def batch(self, step: int) -> np.ndarray:

@@ -14,15 +14,10 @@ from .. import atomic
 from ..config import Config
 from ..data.prepared import PreparedData
 from ..models.checkpoints import save_checkpoint
+from ..models.registry import architecture_options
 from . import kinds
 from .runtime import Runtime
 from .train import train
-
-
-def _architecture(options: dict) -> dict:
-    """The options that rebuild the network: not where its starting weights came from (``backbone_weights``:
-    the trained weights are in the checkpoint, and the ImageNet file need not exist where it is used)."""
-    return {key: value for key, value in options.items() if key != "backbone_weights"}
 
 
 def train_standard(name: str, model: nn.Module, options: dict, data: PreparedData, config: Config, out: Path,
@@ -37,7 +32,7 @@ def train_standard(name: str, model: nn.Module, options: dict, data: PreparedDat
     best_miou = result.best.get("val_miou", float("nan"))
     if runtime.main and result.best_state is not None:
         save_checkpoint(out / "best.pt", {
-            "model_name": name, "model_options": _architecture(options), "num_classes": data.num_classes,
+            "model_name": name, "model_options": architecture_options(options), "num_classes": data.num_classes,
             "protocol": data.protocol, "input_size": None, "state_dict": result.best_state, "val_miou": best_miou,
             "epoch": result.best_epoch + 1})
     summary = {"model": name, "world_size": runtime.world_size, "epochs": result.epochs, "best_val_miou": best_miou,

@@ -47,6 +47,7 @@ class Phase:
     seed: int
     steps: int
     name: str = "loss"  # the phase's column in the history
+    drop_last: bool = False  # leave out each pass's short last batch (BatchStream)
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,7 @@ def train(model: nn.Module, training: Training, config: TrainConfig, runtime: Ru
     optimizer = make_optimizer(model, config, training.keras_epsilon)
     scaler = runtime.loss_scaler()
     steps = [config.steps_per_epoch or phase.steps for phase in phases]
-    streams = [BatchStream(len(phase.source), runtime.batch_size, phase.seed) for phase in phases]
+    streams = [BatchStream(len(phase.source), runtime.batch_size, phase.seed, phase.drop_last) for phase in phases]
     total_steps = training.epochs * sum(steps)
     state = {"epoch": 0, "best": {}, "best_epoch": -1, "best_state": None, "history": []}
     if Path(checkpoint).exists():

@@ -239,14 +239,22 @@ def build_model(name: str, num_classes: int, weights: str | Path | None = None, 
 
 def training_model(train, num_classes: int, name: str | None = None, options: dict | None = None,
                    weights: str | Path | None = None) -> tuple[nn.Module, dict]:
-    """The network a training's settings (``config.TrainConfig``) describe: ``train.model`` (or ``name``), with
-    the width multiplier ``train.alpha`` for networks that have one (``options`` override it). Returns the model
+    """The network a training's settings (``config.TrainConfig``) describe: ``train.model`` (or ``name``) with
+    ``train.model_options``, and the width multiplier ``train.alpha`` for networks that have one (``options``
+    override both). Returns the model
     and the options it was built with; ConfigError for a non-default ``train.alpha`` on a network without one."""
     name = name or train.model
-    options = dict(options or {})
+    options = {**getattr(train, "model_options", {}), **(options or {})}
     if "alpha" in inspect.signature(model_spec(name).resolve()).parameters:
         options.setdefault("alpha", train.alpha)
     elif train.alpha != type(train)().alpha:
         raise ConfigError(f"train.alpha {train.alpha}: {name} has no width multiplier; leave train.alpha at its "
                           "default (other options: --option KEY=VALUE)")
     return build_model(name, num_classes, weights=weights, **options), options
+
+
+def architecture_options(options: dict) -> dict:
+    """The options that rebuild a trained network, as its checkpoint keeps them: not where its starting weights
+    came from (``backbone_weights``: the trained weights are in the checkpoint, and the ImageNet file need not
+    exist where the checkpoint is used)."""
+    return {key: value for key, value in options.items() if key != "backbone_weights"}

@@ -65,15 +65,18 @@ def write_report(runs: Path, *, panel_images: int = 3) -> ReportFiles:
         stand_in = bool(store.get_meta("stand_in"))
         data_dir = store.get_meta("data")
         protocol = store.get_meta("protocol")
+        eval_rule = (store.get_meta("config") or {}).get("study", {}).get("eval_rule", "whole")
         panel_models = _panel_models(store, layout)
         evalnet_table = evalnet_markdown(store)
         failures = failures_markdown(store)
     layout.report.mkdir(parents=True, exist_ok=True)
     note = STAND_IN_NOTE if stand_in else "Data: the Cityscapes download."
+    columns = ("'paper' columns use the study's per-image metric (35 indices), 'official' columns the Cityscapes "
+               "benchmark's 19-class dataset-level scores at the prepared resolution" if protocol == "paper" else
+               "the columns are the Cityscapes benchmark's 19-class dataset-level scores on val at the prepared "
+               f"resolution, under the evaluation rule {eval_rule}")
     header = (f"# Results of {Path(runs).name}\n\nProtocol: {protocol}. {note}\n\n"
-              "Mean ± standard deviation over runs of each group's mean over its models; 'paper' columns use the "
-              "study's per-image metric (35 indices), 'official' columns the Cityscapes benchmark's 19-class "
-              "dataset-level scores at the prepared resolution.\n\n")
+              f"Mean ± standard deviation over runs of each group's mean over its models; {columns}.\n\n")
     main_table = markdown(rows)
     files = ReportFiles(layout.report / "results.md", layout.report / "results.csv", layout.report / "figure.png",
                         layout.report / "panel.png" if panel_models else None, main_table)
@@ -92,7 +95,7 @@ def write_report(runs: Path, *, panel_images: int = 3) -> ReportFiles:
     generation_figure(rows, files.figure, title)
     if panel_models and data_dir:
         data = load_prepared(data_dir)
-        split = data.split("test" if "test" in data.splits else "val")
+        split = data.split("test" if "test" in data.splits and data.has_labels("test") else "val")
         count = min(panel_images, len(split))
         images, truth = np.asarray(split.images[:count]), np.asarray(split.labels[:count])
         predictions = {}

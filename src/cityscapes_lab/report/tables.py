@@ -18,15 +18,30 @@ from ..study.approaches import BASELINES
 from ..study.keys import GroupKey
 from ..study.store import ResultStore, TrainingRow
 
-#: (column title, split, metric) of the table, in order
-COLUMNS = [
-    ("paper test mIoU", "test", "paper_miou"),
-    ("paper val mIoU", "val", "paper_miou"),
-    ("paper test mPA", "test", "paper_mpa"),
-    ("official test mIoU (19 cl.)", "test", "miou"),
-    ("official test iIoU", "test", "iiou"),
-    ("official val mIoU (19 cl.)", "val", "miou"),
-]
+@dataclass(frozen=True)
+class TableSpec:
+    """What the table of a protocol shows: its (column title, split, metric) in order, the top-1 column, and the
+    column the generation figure plots (with its axis label)."""
+
+    columns: tuple[tuple[str, str, str], ...]
+    top1: tuple[str, str, str]
+    figure: str
+    axis: str
+
+
+SPECS = {
+    # the study's figure is its per-image test mIoU; the official 19-class scores beside it
+    "paper": TableSpec((("paper test mIoU", "test", "paper_miou"), ("paper val mIoU", "val", "paper_miou"),
+                        ("paper test mPA", "test", "paper_mpa"), ("official test mIoU (19 cl.)", "test", "miou"),
+                        ("official test iIoU", "test", "iiou"), ("official val mIoU (19 cl.)", "val", "miou")),
+                       ("top-1 paper test mIoU", "test", "paper_miou"), "paper test mIoU",
+                       "mIoU test (per image, the study's metric)"),
+    # the semi-supervised benchmark reports val (the official test labels are not public)
+    "standard": TableSpec((("official val mIoU (19 cl.)", "val", "miou"), ("official val iIoU", "val", "iiou"),
+                           ("official val category mIoU", "val", "category_miou")),
+                          ("top-1 official val mIoU", "val", "miou"), "official val mIoU (19 cl.)",
+                          "mIoU val (official, 19 classes, under study.eval_rule)"),
+}
 
 
 @dataclass
@@ -40,8 +55,13 @@ class TableRow:
     failed: int
     mean: dict[str, float] = field(default_factory=dict)  # column title -> mean over runs
     std: dict[str, float] = field(default_factory=dict)
-    top1: float = math.nan  # run-mean of the top-1 model's paper test mIoU
+    top1: float = math.nan  # run-mean of the top-1 model's score (the spec's top1: paper test mIoU, or val mIoU)
     extra: dict[str, float] = field(default_factory=dict)  # group statistics (e.g. mean IM size)
+    protocol: str = "paper"
+
+    @property
+    def spec(self) -> TableSpec:
+        return SPECS[self.protocol]
 
 
 def is_helper(row: TrainingRow) -> bool:
@@ -88,9 +108,11 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def collect(store: ResultStore) -> list[TableRow]:
     """One row per (approach, n, generation), ordered as the approaches were run."""
+    protocol = store.get_meta("protocol") or "paper"
+    spec = SPECS[protocol]
     per_run: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    wanted = {(split, metric): title for title, split, metric in COLUMNS}
-    for approach, run, n, generation, _, split, metric, value in store.score_table({m for _, _, m in COLUMNS}):
+    wanted = {(split, metric): title for title, split, metric in spec.columns}
+    for approach, run, n, generation, _, split, metric, value in store.score_table({m for _, _, m in spec.columns}):
         title = wanted.get((split, metric))
         if title is not None:
             per_run[(approach, n, generation, run)][title].append(math.nan if value is None else value)
@@ -110,15 +132,16 @@ def collect(store: ResultStore) -> list[TableRow]:
     for approach, n, generation in order:
         runs = sorted({run for (a, nn, g, run) in per_run if (a, nn, g) == (approach, n, generation)})
         row = TableRow(approach, label_of(approach), n, generation, len(runs), counts[(approach, n, generation)]["done"],
-                       counts[(approach, n, generation)]["failed"])
-        for title, _, _ in COLUMNS:
+                       counts[(approach, n, generation)]["failed"], protocol=protocol)
+        for title, _, _ in spec.columns:
             run_means = [_mean_std(per_run[(approach, n, generation, run)][title])[0] for run in runs]
             row.mean[title], row.std[title] = _mean_std(run_means)
         tops = []
         for run in runs:
             ranking = store.ranking(GroupKey(approach, run, n, generation))
             if ranking:
-                tops.append(store.scores(ranking[0][0]).get("test", {}).get("paper_miou", math.nan))
+                _, split, metric = spec.top1
+                tops.append(store.scores(ranking[0][0]).get(split, {}).get(metric, math.nan))
         row.top1 = _mean_std(tops)[0]
         group_values: dict[str, list[float]] = defaultdict(list)
         for run in runs:
@@ -145,14 +168,15 @@ IM_SHARE = "train_unlabeled mean_im_share"
 def markdown(rows: list[TableRow]) -> str:
     """The results table; for the IM family also the mean inconsistency-mask size on the unlabeled images."""
     with_im = any(IM_SHARE in row.extra for row in rows)
-    header = (["approach", "n", "generation", "runs", "models"] + [title for title, _, _ in COLUMNS]
-              + ["top-1 paper test mIoU"] + (["mean IM size (unlabeled, % of pixels)"] if with_im else []))
+    spec = rows[0].spec if rows else SPECS["paper"]
+    header = (["approach", "n", "generation", "runs", "models"] + [title for title, _, _ in spec.columns]
+              + [spec.top1[0]] + (["mean IM size (unlabeled, % of pixels)"] if with_im else []))
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for row in rows:
         baseline = row.approach in BASELINES
         cells = [row.label, str(row.n) if row.n else "-", "-" if baseline else str(row.generation + 1),
                  str(row.runs), f"{row.models}" + (f" (+{row.failed} failed)" if row.failed else "")]
-        cells += [_fmt(row.mean[title], row.std[title]) for title, _, _ in COLUMNS]
+        cells += [_fmt(row.mean[title], row.std[title]) for title, _, _ in spec.columns]
         cells += [_fmt(row.top1)]
         if with_im:
             share = row.extra.get(IM_SHARE, math.nan)
@@ -177,12 +201,14 @@ def pseudo_label_markdown(rows: list[TableRow]) -> str:
 def csv_text(rows: list[TableRow]) -> str:
     buffer = io.StringIO()
     extra_names = sorted({name for row in rows for name in row.extra})
+    spec = rows[0].spec if rows else SPECS["paper"]
     writer = csv.writer(buffer)
     writer.writerow(["approach", "n", "generation", "runs", "models", "failed"]
-                    + [f"{title} {kind}" for title, _, _ in COLUMNS for kind in ("mean", "std")]
-                    + ["top-1 paper test mIoU"] + extra_names)
+                    + [f"{title} {kind}" for title, _, _ in spec.columns for kind in ("mean", "std")]
+                    + [spec.top1[0]] + extra_names)
     for row in rows:
         writer.writerow([row.approach, row.n, row.generation + 1, row.runs, row.models, row.failed]
-                        + [f"{value:.6f}" for title, _, _ in COLUMNS for value in (row.mean[title], row.std[title])]
+                        + [f"{value:.6f}" for title, _, _ in spec.columns
+                           for value in (row.mean[title], row.std[title])]
                         + [f"{row.top1:.6f}"] + [f"{row.extra.get(name, math.nan):.6f}" for name in extra_names])
     return buffer.getvalue()

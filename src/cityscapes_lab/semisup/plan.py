@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..config import Config
 from ..data.prepared import PreparedData
-from ..study.approaches import BASELINES
+from ..study.approaches import BASELINES, study_splits
 from ..study.graph import Node, Plan
 from ..study.groups import StudyContext, make_task, rank_group, record, top_checkpoints, training_seed
 from ..study.keys import GroupKey, StudyLayout, TrainingKey, derive_seed
@@ -46,7 +46,10 @@ class _Builder:
     def __init__(self, config: Config, data: PreparedData, layout: StudyLayout):
         self.plan, self.config, self.data, self.layout = Plan(), config, data, layout
         self.batch = config.train.batch_size
+        self.splits = study_splits(data, config.study.labeled_subset)
         self.sizes = {name: len(ids) for name, ids in data.splits.items()}
+        for role in ("train_labeled", "train_unlabeled", "train_full"):
+            self.sizes[role] = self.sizes.get(self.splits.resolve(role), 0)
         self.sizes["aldt"] = self.sizes.get("train_labeled", 0) * (1 + config.aldt.copies)
 
     def rank(self, group: GroupKey, keys: list[TrainingKey], after: list[str], **how) -> str:
@@ -68,8 +71,8 @@ class _Builder:
                 record=lambda ctx, result, key=key: record(ctx, key, result))))
         return nodes
 
-    def segmentation_images(self, set_size: int, steps: int = 0) -> int:
-        return self.config.train.epochs * (steps or max(1, set_size // self.batch)) * self.batch
+    def segmentation_images(self, set_size: int, steps: int = 0, epochs: int = 0) -> int:
+        return (epochs or self.config.train.epochs) * (steps or max(1, set_size // self.batch)) * self.batch
 
     # --- baselines -------------------------------------------------------------------------------------------
     def baseline(self, approach: str) -> None:
@@ -81,7 +84,8 @@ class _Builder:
             after = (self.plan.add(Node("aldt set", "aldt", GroupKey("aldt", 0), make=lambda ctx: task,
                                         finished=lambda ctx: (folder / "ids.json").exists())).id,)
             train_set = str(folder)
-        size = self.sizes["aldt" if BASELINES[approach].train_set == "aldt" else train_set]
+        size = self.sizes[BASELINES[approach].train_set]
+        train_set = self.splits.resolve(train_set)
         for run in range(1, self.config.study.runs + 1):
             group = GroupKey(approach, run)
             nodes = self.trainings(group, self.config.study.models, after,
@@ -138,7 +142,7 @@ class _Builder:
 
         def make(ctx: StudyContext, key: TrainingKey):
             start = top_checkpoints(ctx, ldt, 1)[0]
-            return make_task(ctx, key, "train_labeled", init_checkpoint=str(start),
+            return make_task(ctx, key, self.splits.train_labeled, init_checkpoint=str(start),
                              consistency_views=STRENGTHS[group.n], consistency_epochs=config.semisup.cl_epochs)
 
         labeled, unlabeled = self.sizes.get("train_labeled", 0), self.sizes.get("train_unlabeled", 0)
@@ -177,10 +181,13 @@ class _Builder:
                 from ..data.arrays import load_arrays
 
                 steps = selection_steps(ctx.data, config.train.batch_size, len(load_arrays(folder / "set")))
-            return make_task(ctx, key, str(folder / "set"), train_alpha=alpha, train_steps_per_epoch=steps)
+            epochs = config.semisup.student_epochs or config.train.epochs
+            return make_task(ctx, key, str(folder / "set"), train_alpha=alpha, train_steps_per_epoch=steps,
+                             train_epochs=epochs)
 
         nodes = self.trainings(group, config.semisup.students, (built.id,), make_student,
-                               self.segmentation_images(self._set_estimate(recipe)))
+                               self.segmentation_images(self._set_estimate(recipe),
+                                                        epochs=config.semisup.student_epochs))
         self.rank(group, keys, [n.id for n in nodes])
 
     def _alpha(self, recipe: Recipe, group: GroupKey) -> float:

@@ -81,6 +81,7 @@ class LabelingRule:
     dilate: int = 0
     block_input: bool = True
     block_output: bool = True
+    fill: int | None = 0  # IM: the label where teachers disagree (0 paper, 255 standard: ignored; None: teacher's)
 
     def __post_init__(self) -> None:
         if self.kind not in self.KINDS:
@@ -110,7 +111,7 @@ def label_batch(models: list[nn.Module], images: np.ndarray, ids: list[str], rul
         images.shape[:3], bool)
     for i in range(len(images)):
         labels[i], masks[i], out_images[i] = inconsistency_mask(predicted[:, i], images[i], rule.erode, rule.dilate,
-                                                                rule.block_input, rule.block_output)
+                                                                rule.block_input, rule.block_output, rule.fill)
     return out_images, labels, masks
 
 

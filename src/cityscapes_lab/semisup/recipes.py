@@ -21,6 +21,9 @@ class Recipe:
     widen: bool  # students follow the generation schedule's width (1 -> 2) and augmentation strength
     evalnet: str = ""  # EvalNets to train first: "" | "miou" (EvalNet) | "im" (IM++) | "aug_im" (AIM++)
     generations: bool = True  # False: a single group per n (consistency loss)
+    # the protocols it runs on; on the standard protocol the teachers and students are the supervised recipe's
+    # networks (train.model, e.g. DeepLabV3+) and the IM pixels are ignored (semisup.im_label)
+    protocols: tuple[str, ...] = ("paper",)
 
 
 RECIPES: dict[str, Recipe] = {
@@ -33,8 +36,9 @@ RECIPES: dict[str, Recipe] = {
                  "ldt", (3, 5, 7), "input_ensemble", True, "", "labeled", False),
     "ns": Recipe("Noisy Student", "the best model labels each image; students train on one augmented copy and grow "
                  "wider each generation", "ldt", (1,), "teacher", False, "one", "labeled", True),
-    "im": Recipe("IM", "n teachers: labels where all agree, the inconsistency mask (class 0, blacked-out input) "
-                 "where they do not", "ldt", (2, 3, 4), "im", True, "", "labeled", False),
+    "im": Recipe("IM", "n teachers: labels where all agree, the inconsistency mask (class 0 or ignored, "
+                 "blacked-out input) where they do not", "ldt", (2, 3, 4), "im", True, "", "labeled", False,
+                 protocols=("paper", "standard")),
     "evalnet": Recipe("EvalNet", "EvalNets trained to predict a mask's per-class IoU choose, per image, the best "
                       "candidate mask; only masks above the threshold are kept", "ldt", (2, 3, 4),
                       "evalnet_selection", True, "", "labeled", False, evalnet="miou"),

@@ -18,31 +18,34 @@ from ..labels import PAPER_IM_INDEX
 
 
 def inconsistency_mask(teacher_labels: np.ndarray, image: np.ndarray, erode: int = 0, dilate: int = 0,
-                       block_input: bool = True, block_output: bool = True
+                       block_input: bool = True, block_output: bool = True, fill: int | None = PAPER_IM_INDEX
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The Inconsistency Mask (IM) rule: keep a pixel's label only where every teacher agrees.
 
     ``teacher_labels`` (n, H, W): the n teachers' predicted classes. The pseudo-label is the first teacher's
-    class where all agree and 0 (the IM class) where they do not; ``mask`` (H, W) bool marks the disagreement.
-    Optional morphology (the study disables it for Cityscapes): ``erode`` > 0 erodes the mask with a k x k
-    kernel and grows every non-zero class by a 3x3 dilation into the freed pixels (higher classes win);
-    ``dilate`` > 0 then dilates the mask. ``block_input`` sets the image to 0 under the mask, ``block_output``
-    sets the label to 0 there. Returns (pseudo_label uint8, mask bool, masked_image uint8).
+    class where all agree and ``fill`` where they do not: 0, the IM class of the paper protocol; 255, the
+    standard protocol's ignore label (left out of the loss); None keeps the first teacher's class (nothing
+    masked). ``mask`` (H, W) bool marks the disagreement. Optional morphology (the study disables it for
+    Cityscapes): ``erode`` > 0 erodes the mask with a k x k kernel and grows every other class by a 3x3 dilation
+    into the freed pixels (higher classes win); ``dilate`` > 0 then dilates the mask. ``block_input`` sets the
+    image to 0 under the mask, ``block_output`` sets the label to ``fill`` there. Returns (pseudo_label uint8,
+    mask bool, masked_image uint8).
     """
     first = teacher_labels[0]
     agree = np.all(teacher_labels == first, axis=0)
-    label = np.where(agree, first, PAPER_IM_INDEX).astype(np.uint8)
+    label = first.astype(np.uint8) if fill is None else np.where(agree, first, fill).astype(np.uint8)
     mask = ~agree
     if erode > 0:
         mask = cv2.erode(mask.astype(np.uint8), np.ones((erode, erode), np.uint8)).astype(bool)
-        for value in np.unique(label[label != PAPER_IM_INDEX]):
-            grown = cv2.dilate((label == value).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-            label[grown] = value
+        if fill is not None:
+            for value in np.unique(label[label != fill]):
+                grown = cv2.dilate((label == value).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+                label[grown] = value
     if dilate > 0:
         mask = cv2.dilate(mask.astype(np.uint8), np.ones((dilate, dilate), np.uint8)).astype(bool)
     masked_image = np.where(mask[..., None], 0, image).astype(np.uint8) if block_input else image.copy()
-    if block_output:
-        label[mask] = PAPER_IM_INDEX
+    if block_output and fill is not None:
+        label[mask] = fill
     return label, mask, masked_image
 
 

@@ -16,6 +16,8 @@ from ..data.arrays import load_arrays, load_extra, save_named
 from ..data.prepared import PreparedData, SplitArrays
 from ..engine.inference import predict
 from ..engine.runtime import Runtime
+from ..labels import IGNORE_INDEX, PAPER_IM_INDEX
+from ..study.approaches import StudySplits, study_splits
 from ..study.keys import GroupKey, StudyLayout, derive_seed
 from . import evalnet as evalnets
 from .pseudo import LabelingRule, SetParts, compose_set, label_batch, load_model, mask_sizes, write_pseudo_pairs
@@ -31,6 +33,18 @@ class Workspace:
     data: PreparedData
     config: Config
 
+    @property
+    def splits(self) -> StudySplits:
+        return study_splits(self.data, self.config.study.labeled_subset)
+
+
+def im_fill(im_label: str, protocol: str) -> int | None:
+    """The label of the pixels where IM teachers disagree (``semisup.im_label``): the IM class 0, the ignore
+    label 255, or None for the first teacher's class; ``auto`` is the protocol's (paper: 0, standard: 255)."""
+    if im_label == "auto":
+        im_label = "im_class" if protocol == "paper" else "ignore"
+    return {"im_class": PAPER_IM_INDEX, "ignore": IGNORE_INDEX, "teacher": None}[im_label]
+
 
 def n_values(recipe: Recipe, config) -> tuple[int, ...]:
     """The approach's n values, restricted to ``semisup.n`` when given (the smallest one when none is left)."""
@@ -45,7 +59,7 @@ def _rule(recipe: Recipe, n: int, ctx: Workspace) -> LabelingRule:
     if recipe.rule == "input_ensemble":
         return LabelingRule("input_ensemble", copies=n + 1, cumulative=s.ie_cumulative)
     return LabelingRule(recipe.rule, erode=s.im_erode, dilate=s.im_dilate, block_input=s.block_input,
-                        block_output=s.block_output)
+                        block_output=s.block_output, fill=im_fill(s.im_label, ctx.data.protocol))
 
 
 def _teacher_count(recipe: Recipe, n: int) -> int:
@@ -61,7 +75,7 @@ def _source_group(recipe: Recipe, group: GroupKey) -> GroupKey:
 def _labeled(ctx: Workspace, recipe: Recipe) -> SplitArrays:
     if recipe.labeled == "aldt":
         return load_arrays(ctx.layout.dataset("aldt"))
-    return ctx.data.split("train_labeled")
+    return ctx.data.split(ctx.splits.train_labeled)
 
 
 def _im_sizes(ctx: Workspace, models, rule: LabelingRule, split_name: str, seed: int) -> dict[str, float]:
@@ -88,7 +102,7 @@ def build_set(ctx: Workspace, recipe: Recipe, group: GroupKey, teachers: list[Pa
     seed = derive_seed(ctx.config.study.seed, str(group), "pseudo")
     teachers = [load_model(p, runtime) for p in teachers]
     rule = _rule(recipe, group.n, ctx)
-    unlabeled = ctx.data.split("train_unlabeled")
+    unlabeled = ctx.data.split(ctx.splits.train_unlabeled)
     pairs = write_pseudo_pairs(folder / "pairs", teachers, unlabeled, rule, runtime, seed,
                                ctx.config.semisup.label_batch_size)
     stats: dict[str, dict[str, float]] = {}
@@ -97,8 +111,10 @@ def build_set(ctx: Workspace, recipe: Recipe, group: GroupKey, teachers: list[Pa
         pixels = pairs.images.shape[1] * pairs.images.shape[2]
         sizes = mask_sizes(masks)
         stats["train_unlabeled"] = {"mean_im_pixels": float(sizes.mean()), "mean_im_share": float(sizes.mean()) / pixels}
-        for split in ("val", "test"):
-            stats[split] = _im_sizes(ctx, teachers, rule, split, seed)
+        # the standard protocol's test split is large and unlabeled: val alone says how much the teachers disagree
+        for split in ("val", "test") if ctx.data.protocol == "paper" else ("val",):
+            if split in ctx.data.splits:
+                stats[split] = _im_sizes(ctx, teachers, rule, split, seed)
     copies = None
     if recipe.augmented == "one":
         copies = np.ones(len(pairs), dtype=np.int64)
@@ -128,7 +144,7 @@ def evalnet_rows(ctx: Workspace, approach: str, recipe: Recipe, run: int, member
         return train_folder, val_folder
     runtime = Runtime.from_config(ctx.config.train)
     s = ctx.config.semisup
-    labeled, val = ctx.data.split("train_labeled"), ctx.data.split("val")
+    labeled, val = ctx.data.split(ctx.splits.train_labeled), ctx.data.split("val")
     seed = derive_seed(ctx.config.study.seed, approach, run, "evalnet-data")
     if recipe.evalnet == "miou":
         ldt, aldt = members["ldt"], members["aldt"]
@@ -156,7 +172,7 @@ def select_masks(ctx: Workspace, group: GroupKey, nets: list[Path], candidates: 
     if not (final / "ids.json").exists():
         runtime = Runtime.from_config(config.train)
         scorers = [evalnets.load_evalnet(p, runtime) for p in nets[:group.n]]
-        unlabeled = ctx.data.split("train_unlabeled")
+        unlabeled = ctx.data.split(ctx.splits.train_unlabeled)
         source = (GroupKey("ldt", group.run) if group.generation == 0
                   else GroupKey(group.approach, group.run, group.n, group.generation - 1))
         best_score = np.full(len(unlabeled), -np.inf)
@@ -185,7 +201,7 @@ def select_masks(ctx: Workspace, group: GroupKey, nets: list[Path], candidates: 
             "selected_images": float(selected.sum()), "mean_selected_score": float(best_score[selected].mean())
             if selected.any() else 0.0}})
         compose_set(final, picked, SetParts(True, None, generation_params(0).augment,
-                                           ctx.data.split("train_labeled")), 0)
+                                           ctx.data.split(ctx.splits.train_labeled)), 0)
     return final
 
 

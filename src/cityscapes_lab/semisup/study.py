@@ -21,7 +21,7 @@ from ..engine.probe import probe_throughput
 from ..engine.runtime import Runtime, cpu_threads, load_note
 from ..errors import ConfigError
 from ..outputs import check_output_folder, holds_only
-from ..study.approaches import BASELINES
+from ..study.approaches import BASELINES, study_splits
 from ..study.executors import EXECUTORS, make_executor
 from ..study.graph import Node, run_plan
 from ..study.groups import StudyContext, record
@@ -59,7 +59,7 @@ def is_study(folder: Path) -> bool:
     return StudyLayout(Path(folder)).database.exists()
 
 
-def check_settings(data: PreparedData, config: Config, semisup: list[str]) -> None:
+def check_settings(data: PreparedData, config: Config, semisup: list[str], baselines: list[str] = ()) -> None:
     """Every setting that can only be checked against the data or this machine, checked before anything is
     written: a typo must not leave a study folder that then refuses the corrected command."""
     from ..engine.kinds import cross_entropy_step
@@ -71,7 +71,9 @@ def check_settings(data: PreparedData, config: Config, semisup: list[str]) -> No
     Runtime.from_config(config.train)  # a device or precision this machine lacks
     model, _ = training_model(config.train, data.num_classes)  # unknown model or option
     cross_entropy_step(model, config.train, data.ignore_index)  # an aux_weight the network cannot use
-    unknown = [name for name in config.study.eval_splits if name not in data.splits]
+    check_protocol(data, config, semisup, baselines)
+    splits = study_splits(data, config.study.labeled_subset)
+    unknown = [name for name in config.study.eval_splits if splits.resolve(name) not in data.splits]
     if unknown:
         raise ConfigError(f"study.eval_splits: {data.root} has no split {', '.join(map(repr, unknown))}; it has: "
                           f"{', '.join(data.splits)}")
@@ -86,6 +88,32 @@ def check_settings(data: PreparedData, config: Config, semisup: list[str]) -> No
             raise ConfigError(f"{approach} teaches with {teachers} models, but its groups keep only {kept} (study.models "
                               f"{study.models}, study.top_k {study.top_k}, semisup.students {students}); raise them to "
                               f"at least {teachers}, or lower semisup.n")
+
+
+def check_protocol(data: PreparedData, config: Config, semisup: list[str], baselines: list[str] = ()) -> None:
+    """What a study on the standard protocol cannot do, refused in one line: approaches made for the paper
+    protocol's tiny U-Nets, IM labels of the other protocol, a centre-crop rule with outputs at full size."""
+    protocol = data.protocol
+    for name in list(baselines) + list(semisup):
+        allowed = (BASELINES[name].protocols if name in BASELINES else RECIPES[name].protocols)
+        if protocol not in allowed:
+            runs_on = [a for a in list(BASELINES) + list(RECIPES) if protocol in
+                       (BASELINES[a].protocols if a in BASELINES else RECIPES[a].protocols)]
+            raise ConfigError(f"{name} runs on the {' and '.join(allowed)} protocol; {data.root} is {protocol}: on it "
+                              f"the study runs {', '.join(runs_on)}")
+    im_label = config.semisup.im_label
+    if (protocol, im_label) in (("standard", "im_class"), ("paper", "ignore")):
+        fix = ("the standard protocol's class 0 is road: use ignore (255, left out of the loss) or teacher"
+               if protocol == "standard" else "the paper protocol has no ignore label: use im_class or teacher")
+        raise ConfigError(f"semisup.im_label {im_label}: {fix} (or auto)")
+    study = config.study
+    if protocol == "paper" and (study.eval_rule != "whole" or study.eval_window):
+        raise ConfigError(f"study.eval_rule {study.eval_rule}: the paper protocol scores whole images at its "
+                          "416x208; the rules apply to the standard protocol; leave study.eval_rule at whole")
+    if study.eval_rule == "center-crop" and (study.save_predictions or study.full_resolution):
+        raise ConfigError("study.eval_rule center-crop predicts only the centre crop, so it cannot write "
+                          "full-size predictions or score at the original resolution; turn off "
+                          "study.save_predictions and study.full_resolution, or choose another rule")
 
 
 def open_study(out: Path, data: PreparedData, config: Config) -> tuple[StudyLayout, ResultStore]:
@@ -130,11 +158,8 @@ def run_study(data_dir: Path, out: Path, approaches: list[str], config: Config, 
     with ``parallel`` processes, or ray)."""
     baselines, semisup = resolve_approaches(approaches)
     data = load_prepared(data_dir)
-    if data.protocol != "paper":
-        raise ConfigError(f"{data_dir}: the study follows the paper protocol, this folder is {data.protocol}; "
-                          "prepare the data with --protocol paper")
     data.verify()
-    check_settings(data, config, semisup)
+    check_settings(data, config, semisup, baselines)
     if executor not in EXECUTORS:
         raise ConfigError(f"--executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
     added = [b for b in baselines if b not in approaches]
@@ -167,13 +192,15 @@ def describe_plan(data_dir: Path, out: Path, approaches: list[str], config: Conf
     at ``throughput`` images/s per training (measured here by a short probe when None)."""
     baselines, semisup = resolve_approaches(approaches)
     data = load_prepared(data_dir)
-    check_settings(data, config, semisup)
+    check_settings(data, config, semisup, baselines)
     plan = plan_study(baselines, semisup, config, data, StudyLayout(Path(out)))
     width, height = data.size
+    # a training step sees the stored images (paper) or the online augmentation's crops (standard)
+    step_height, step_width = (height, width) if data.protocol == "paper" else tuple(config.online.crop)
     source = "given"
     if throughput is None:
-        throughput = probe_throughput(config.train, height, width, data.num_classes)
-        source = f"measured here: {config.train.batch_size} images of {width}x{height} per step"
+        throughput = probe_throughput(config.train, step_height, step_width, data.num_classes)
+        source = f"measured here: {config.train.batch_size} images of {step_width}x{step_height} per step"
     rows: dict[tuple, list] = {}
     for node in plan.nodes:
         group = node.group
@@ -199,6 +226,14 @@ def describe_plan(data_dir: Path, out: Path, approaches: list[str], config: Conf
               f"{len(plan.trainings)} trainings; {total_images:,} images seen in training "
               "(estimated where a training set is made during the study)",
               f"at {throughput:.1f} images/s per training ({source}): {hours:.1f} hours one training at a time"]
+    if data.protocol == "standard":
+        longest = max(plan.trainings, key=lambda node: node.images, default=None)
+        if longest is not None:
+            lines.append(f"standard protocol: the longest training ({longest.key}) sees {longest.images:,} images of "
+                         f"{step_width}x{step_height}: {longest.images / throughput / 3600:.1f} hours at that rate. "
+                         "At the published recipe (crop 801, 240 epochs) a student's training takes tens of "
+                         "GPU-hours; measure the rate of your GPU with benchmarks/deeplab_step.py and pass it as "
+                         "--throughput")
     critical = _critical_path(plan, throughput) / 3600
     on_gpu = Runtime.from_config(config.train).device.type == "cuda"
     if executor != "serial":

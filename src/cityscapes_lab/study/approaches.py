@@ -1,5 +1,6 @@
 """The approaches of the study as data: what each group trains on. Baselines (notes 5.2) train from scratch on a
-fixed set; the semi-supervised approaches (next issue) add teachers and generations."""
+fixed set; the semi-supervised approaches (``semisup.recipes``) add teachers and generations. ``StudySplits``
+names the prepared splits a study's roles (labeled, unlabeled, full) are on each protocol."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from ..config import AugmentConfig
 from ..data.arrays import save_arrays
 from ..data.augment import AugmentParams, augment
 from ..data.prepared import PreparedData, SplitArrays
+from ..errors import ConfigError
 from .keys import derive_seed
 
 
@@ -19,15 +21,51 @@ from .keys import derive_seed
 class Baseline:
     label: str  # the name in tables and figures
     description: str
-    train_set: str  # a split of the prepared data, or "aldt" for the augmented labeled set
+    train_set: str  # a role of StudySplits (train_full, train_labeled), or "aldt" for the augmented labeled set
+    protocols: tuple[str, ...] = ("paper", "standard")
 
 
 BASELINES: dict[str, Baseline] = {
     "fdt": Baseline("FDT", "full dataset training: every train image with its label (the upper line)",
                     "train_full"),
-    "ldt": Baseline("LDT", "labeled dataset training: only the labeled share (the lower line)", "train_labeled"),
-    "aldt": Baseline("ALDT", "the labeled share plus 9 augmented copies of each image", "aldt"),
+    "ldt": Baseline("LDT", "labeled dataset training: only the labeled share (the lower line; on the standard "
+                    "protocol the supervised baseline of study.labeled_subset)", "train_labeled"),
+    "aldt": Baseline("ALDT", "the labeled share plus 9 augmented copies of each image", "aldt", ("paper",)),
 }
+
+
+@dataclass(frozen=True)
+class StudySplits:
+    """The prepared splits behind a study's roles: the paper protocol's one labeled share, or on the standard
+    protocol one labeled subset (``study.labeled_subset``) and its complement."""
+
+    train_labeled: str
+    train_unlabeled: str
+    train_full: str
+
+    def resolve(self, name: str) -> str:
+        """A role (train_labeled, train_unlabeled, train_full) as its split; any other name as it is."""
+        return getattr(self, name) if name in ("train_labeled", "train_unlabeled", "train_full") else name
+
+
+def study_splits(data: PreparedData, labeled_subset: str) -> StudySplits:
+    """The splits a study on ``data`` uses; ConfigError naming the choices when the subset is wrong or missing."""
+    from ..data.splits import fraction_name
+
+    if data.protocol == "paper":
+        if labeled_subset:
+            raise ConfigError(f"study.labeled_subset {labeled_subset!r}: applies to the standard protocol; the paper "
+                              f"protocol's {data.root} has one labeled share (leave the setting empty)")
+        return StudySplits("train_labeled", "train_unlabeled", "train_full")
+    subsets = [name[len("train_labeled_"):].replace("_", "/") for name in data.splits
+               if name.startswith("train_labeled_")]
+    suffix = fraction_name(labeled_subset)
+    if f"train_labeled_{suffix}" not in data.splits or f"train_unlabeled_{suffix}" not in data.splits:
+        given = f"study.labeled_subset {labeled_subset!r}" if labeled_subset else "study.labeled_subset is not set"
+        raise ConfigError(f"{given}: choose the labeled subset of {data.root} the study uses, one of "
+                          f"{', '.join(subsets) or '(none: prepare it with --fractions)'}, e.g. --set "
+                          f"study.labeled_subset={subsets[0] if subsets else '1/16'}")
+    return StudySplits(f"train_labeled_{suffix}", f"train_unlabeled_{suffix}", "train")
 
 
 def augmented_set(labeled: SplitArrays, params: AugmentConfig, seed: int) -> SplitArrays:
@@ -50,7 +88,7 @@ def augmented_set(labeled: SplitArrays, params: AugmentConfig, seed: int) -> Spl
 
 
 def ensure_aldt_set(data: PreparedData, folder: Path, params: AugmentConfig, seed: int) -> Path:
-    """Build the ALDT set once per study (as the study: one set shared by all runs)."""
+    """Build the ALDT set once per study (as the study: one set shared by all runs; the paper protocol only)."""
     if not (Path(folder) / "ids.json").exists():
         save_arrays(folder, augmented_set(data.split("train_labeled"), params, seed))
     return Path(folder)

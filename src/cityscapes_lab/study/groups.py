@@ -10,12 +10,15 @@ from pathlib import Path
 
 from ..config import Config
 from ..data.prepared import PreparedData
+from .approaches import StudySplits, study_splits
 from .keys import GroupKey, StudyLayout, TrainingKey, derive_seed
 from .progress import StudyProgress
 from .store import ResultStore
 from .tasks import TaskResult, TrainingTask
 
-RANK_SPLIT, RANK_METRIC = "val", "paper_miou"  # the study ranks a group by its benchmark val mIoU
+RANK_SPLIT = "val"
+#: the study ranks a group by its benchmark val mIoU (the paper protocol's), or by the official val mIoU
+RANK_METRICS = {"paper": "paper_miou", "standard": "miou"}
 
 
 @dataclass
@@ -31,6 +34,10 @@ class StudyContext:
     show_progress: bool = True
     threads: int = 0  # torch threads of each task (the executor's share of a machine's cores; 0: all of them)
     counts: dict[str, int] = field(default_factory=lambda: {"trained": 0, "skipped": 0, "failed": 0})
+
+    @property
+    def splits(self) -> StudySplits:
+        return study_splits(self.data, self.config.study.labeled_subset)
 
     def skipped(self, node=None) -> None:
         """A training that was finished before."""
@@ -51,12 +58,16 @@ def make_task(ctx: StudyContext, key: TrainingKey, train_set: str, **overrides) 
     train = asdict(ctx.config.train)
     train.update({name[len("train_"):]: value for name, value in overrides.items() if name.startswith("train_")})
     fields = {name: value for name, value in overrides.items() if not name.startswith("train_")}
+    splits = ctx.splits
     return TrainingTask(
         key=str(key), seed=training_seed(ctx.config, key),
         train=train, data=str(ctx.data.root), train_set=train_set, out_dir=str(ctx.layout.training(key)),
-        eval_splits=tuple(study.eval_splits), full_resolution=study.full_resolution,
+        eval_splits=tuple(dict.fromkeys(splits.resolve(name) for name in study.eval_splits)),
+        full_resolution=study.full_resolution,
         predictions_dir=str(ctx.layout.predictions(key, "")) if study.save_predictions else None,
-        show_progress=ctx.show_progress, threads=ctx.threads, **fields)
+        show_progress=ctx.show_progress, threads=ctx.threads, online=asdict(ctx.config.online),
+        eval_rule=study.eval_rule, eval_window=study.eval_window,
+        labeled=splits.train_labeled, unlabeled=splits.train_unlabeled, **fields)
 
 
 def record(ctx: StudyContext, key: TrainingKey, result: TaskResult) -> None:
@@ -84,8 +95,10 @@ def keep_top(ctx: StudyContext, group: GroupKey, ranked: list[TrainingKey]) -> N
 
 
 def rank_group(ctx: StudyContext, group: GroupKey, keys: list[TrainingKey], split: str = RANK_SPLIT,
-               metric: str = RANK_METRIC, higher_is_better: bool = True) -> list[TrainingKey]:
-    """Order the finished members by a score (ties: lower member first), record the ranking, keep the top-K."""
+               metric: str | None = None, higher_is_better: bool = True) -> list[TrainingKey]:
+    """Order the finished members by a score (``metric``: the protocol's val mIoU; ties: lower member first),
+    record the ranking, keep the top-K."""
+    metric = metric or RANK_METRICS[ctx.data.protocol]
     sign = 1 if higher_is_better else -1
     scored = [(key, ctx.store.scores(key).get(split, {}).get(metric, float("nan")))
               for key in keys if ctx.store.status(key) == "done"]

@@ -13,16 +13,16 @@ from pathlib import Path
 import torch
 
 from .. import atomic
-from ..config import TrainConfig
+from ..config import Config, OnlineAugmentConfig, TrainConfig
 from ..data.arrays import load_arrays
 from ..data.augment import AugmentParams
 from ..data.prepared import PreparedData, SplitArrays, load_prepared
 from ..engine import kinds
-from ..engine.evaluate import score_full_resolution, score_split, write_predictions
-from ..engine.inference import predict
+from ..engine.evaluate import cropped, score_full_resolution, score_split, write_predictions
+from ..engine.inference import predict, predict_with
 from ..engine.runtime import Runtime, cpu_threads
 from ..engine.train import FitResult, TrainingDiverged, train
-from ..models.registry import training_model
+from ..models.registry import architecture_options, model_spec, training_model
 from ..models.checkpoints import load_checkpoint, save_checkpoint
 
 
@@ -43,6 +43,11 @@ class TrainingTask:
     consistency_views: AugmentParams | None = None  # the photometric augmentation of its two views
     consistency_epochs: int = 0
     threads: int = 0  # torch threads (the executor's share of the cores, or train.threads; 0: all of them)
+    online: dict = field(default_factory=dict)  # OnlineAugmentConfig fields: the standard protocol's training
+    eval_rule: str = "whole"  # the standard protocol's evaluation rule (engine.prediction.PROTOCOLS)
+    eval_window: int = 0  # its window or crop (0: the rule's own)
+    labeled: str = "train_labeled"  # the study's labeled and unlabeled splits (consistency-loss fine-tuning)
+    unlabeled: str = "train_unlabeled"
 
     def run(self) -> TaskResult:
         return execute(self)
@@ -122,7 +127,7 @@ def execute(task: TrainingTask) -> TaskResult:
     checkpoint = out / "best.pt"
     best_score = next(iter(result.best.values()))
     save_checkpoint(checkpoint, {
-        "model_name": config.model, "model_options": options, "num_classes": data.num_classes,
+        "model_name": config.model, "model_options": architecture_options(options), "num_classes": data.num_classes,
         "protocol": data.protocol, "input_size": list(data.size), "state_dict": result.best_state,
         "best_epoch": result.best_epoch, "val_score": best_score if task.consistency_views is None else -best_score,
         "seed": task.seed, "key": task.key})
@@ -137,14 +142,19 @@ def execute(task: TrainingTask) -> TaskResult:
 
 def _train(model: torch.nn.Module, data: PreparedData, task: TrainingTask, config: TrainConfig,
            runtime: Runtime) -> FitResult:
-    """The task's training: the study's from scratch, or consistency-loss fine-tuning from ``init_checkpoint``."""
-    if task.consistency_views is None:
+    """The task's training: the study's from scratch (the standard protocol's: online augmentation, 255 ignored,
+    official val mIoU), or consistency-loss fine-tuning from ``init_checkpoint``."""
+    if task.consistency_views is None and data.protocol == "standard":
+        settings = Config(train=config, online=OnlineAugmentConfig(**task.online))
+        training = kinds.standard(model, open_train_set(data, task.train_set), data.split("val"), settings, runtime,
+                                  seed=task.seed, protocol=data.protocol)
+    elif task.consistency_views is None:
         training = kinds.study(model, open_train_set(data, task.train_set), data.split("val"), config, runtime,
                                seed=task.seed, num_classes=data.num_classes, ignore_index=data.ignore_index,
                                protocol=data.protocol)
     else:
         model.load_state_dict(load_checkpoint(task.init_checkpoint)["state_dict"])
-        training = kinds.consistency(model, data.split("train_labeled"), data.split("train_unlabeled"),
+        training = kinds.consistency(model, data.split(task.labeled), data.split(task.unlabeled),
                                      data.split("val"), task.consistency_views, config, runtime,
                                      epochs=task.consistency_epochs, seed=task.seed)
     return train(model, training, config, runtime, checkpoint=Path(task.out_dir) / "last.pt", desc=task.key,
@@ -153,19 +163,29 @@ def _train(model: torch.nn.Module, data: PreparedData, task: TrainingTask, confi
 
 def score_model(model: torch.nn.Module, data: PreparedData, task: TrainingTask, runtime: Runtime
                 ) -> dict[str, dict[str, float]]:
-    """Both metric families on every eval split the prepared data has (splits without labels are skipped)."""
+    """Both metric families on every eval split the prepared data has (splits without labels are skipped); on the
+    standard protocol under the task's evaluation rule."""
     scores = {}
+    rule = None
+    if data.protocol == "standard" and task.eval_rule != "whole":
+        from ..engine.prediction import protocol_for
+
+        rule = protocol_for(model_spec(TrainConfig(**task.train).model), task.eval_rule, task.eval_window or None)
     for name in task.eval_splits:
-        if name not in data.splits:
+        if name not in data.splits or not (data.has_labels(name) or task.predictions_dir):
             continue
         split = data.split(name)
-        predictions = predict(model, split.images, runtime)
+        if rule is None:
+            predictions = predict(model, split.images, runtime)
+        else:
+            predictions = predict_with(model, split.images, rule, data.num_classes, runtime)
+            split = cropped(split, rule)
         if task.predictions_dir:
             write_predictions(Path(task.predictions_dir) / name, predictions, split.ids, data.protocol,
                               tuple(data.meta["source"]["original_size"]))
         if split.labels is None:
             continue
-        result = score_split(predictions, split, data.protocol)
+        result = score_split(predictions, split, data.protocol, image_area=data.size[0] * data.size[1])
         if task.full_resolution and data.meta["sources"].get("val") and set(split.ids) <= set(
                 data.meta["sources"]["val"]["ids"]):
             full = score_full_resolution(predictions, split.ids, data.protocol, Path(data.meta["source"]["path"]))
