@@ -89,6 +89,7 @@ def test_im_pairs_are_the_teachers_agreement_with_disagreement_ignored(standard_
     images = np.asarray(unlabeled.images)
     assert np.array_equal(np.asarray(pairs.images), np.where(disagree[..., None], 0, images))
     students = load_arrays(folder / "set")
+    assert sorted(p.name for p in (folder / "set").iterdir()) == ["ids.json", "links.json"]  # no copy of the rows
     labeled = data.split("train_labeled_1_2")
     assert students.ids == list(labeled.ids) + list(unlabeled.ids)
     assert np.array_equal(np.asarray(students.labels[:12]), np.asarray(labeled.labels))

@@ -1,9 +1,12 @@
 """Saving and loading a set of (id, image, label) arrays as a folder: derived training sets (the ALDT set,
-pseudo-labelled sets) are kept in the prepared-array format, not as PNGs."""
+pseudo-labelled sets) are kept in the prepared-array format, not as PNGs. A set whose rows all exist elsewhere
+(the labeled images and the IM pairs of a generation) is written as links to those rows instead of a copy: at
+1024x2048 a copy of a students' set would be 25 GB per generation."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -13,7 +16,9 @@ from .. import atomic
 from ..errors import DataError
 from ..outputs import check_output_folder, holds_only
 from .prepared import SplitArrays
-from .rows import RowArray
+from .rows import RowArray, StackedRows
+
+LINKS = "links.json"
 
 
 def save_arrays(folder: Path, arrays: SplitArrays, extra: dict | None = None) -> None:
@@ -32,12 +37,55 @@ def save_arrays(folder: Path, arrays: SplitArrays, extra: dict | None = None) ->
     atomic.publish_folder(partial, folder)
 
 
+def link_arrays(folder: Path, name: str, ids: list[str], images: list[RowArray], labels: list[RowArray]) -> None:
+    """Write a set whose rows are rows of other files, part after part (``images[k]`` and ``labels[k]``: the
+    same rows of one source), atomically: ``ids.json`` and ``links.json`` (each part's file, relative to the set
+    and absolute, its rows and its size, checked when the set is read)."""
+    folder = Path(folder)
+    partial = atomic.partial_path(folder)
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+
+    def describe(part: RowArray) -> dict:
+        path = part.path.resolve()
+        return {"file": os.path.relpath(path, folder.resolve()), "absolute": str(path),
+                "rows": None if part.rows is None else part.rows.tolist(), "bytes": path.stat().st_size}
+
+    atomic.write_json(partial / LINKS, {"images": [describe(p) for p in images],
+                                        "labels": [describe(p) for p in labels]})
+    atomic.write_json(partial / "ids.json", {"name": name, "ids": list(ids)})
+    atomic.publish_folder(partial, folder)
+
+
+def _linked(folder: Path, parts: list[dict]) -> StackedRows:
+    arrays = []
+    for part in parts:
+        path = next((p for p in (folder / part["file"], Path(part["absolute"])) if p.exists()), None)
+        if path is None:
+            raise DataError(f"{folder}: the set links to {part['absolute']}, which is missing; the study's data "
+                            "or its pseudo-labelled pairs were moved or deleted: restore them, or run the study in "
+                            "a new folder")
+        if path.stat().st_size != part["bytes"]:
+            raise DataError(f"{folder}: {path} changed after this set was made from it; restore it, or run the "
+                            "study in a new folder")
+        arrays.append(RowArray(path, None if part["rows"] is None else np.asarray(part["rows"], dtype=np.int64)))
+    return StackedRows(arrays)
+
+
 def load_arrays(folder: Path, lazy: bool = True) -> SplitArrays:
-    """Read a folder written by ``save_arrays`` (rows read on demand by default, see ``RowArray``)."""
+    """Read a folder written by ``save_arrays`` or ``link_arrays`` (rows read on demand by default, see
+    ``RowArray``)."""
     folder = Path(folder)
     read = RowArray if lazy else np.load
     try:
         info = json.loads((folder / "ids.json").read_text())
+        if (folder / LINKS).exists():
+            links = json.loads((folder / LINKS).read_text())
+            images, labels = _linked(folder, links["images"]), _linked(folder, links["labels"])
+            if not lazy:
+                images, labels = np.asarray(images), np.asarray(labels)
+            return _checked(folder, info, images, labels)
         images = read(folder / "images.npy")
         labels_path = folder / "labels.npy"
         labels = read(labels_path) if labels_path.exists() else None
@@ -45,6 +93,10 @@ def load_arrays(folder: Path, lazy: bool = True) -> SplitArrays:
         raise DataError(f"{folder}: not a readable array set ({exc}); an array set is a folder the study writes "
                         "under RUNS/datasets/ (ids.json, images.npy, labels.npy), e.g. "
                         "RUNS/datasets/im/run1/n2/gen0/set") from None
+    return _checked(folder, info, images, labels)
+
+
+def _checked(folder: Path, info: dict, images, labels) -> SplitArrays:
     if len(images) != len(info["ids"]) or (labels is not None and len(labels) != len(images)):
         raise DataError(f"{folder}: ids.json, images.npy and labels.npy disagree on the number of rows; the set was "
                         "not written by this version or was changed afterwards")

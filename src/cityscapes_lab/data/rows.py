@@ -99,3 +99,59 @@ class RowArray:
     def subset(self, rows: np.ndarray) -> RowArray:
         """The given rows of this array (positions within it), as another lazy array."""
         return RowArray(self.path, self._file_indices(np.asarray(rows, dtype=np.int64)))
+
+
+class StackedRows:
+    """Several ``RowArray`` parts (rows of the same shape and type) read as one (N, ...) array, part after part:
+    a training set that refers to the rows of other files instead of copying them (``data.arrays`` links)."""
+
+    def __init__(self, parts: list[RowArray]):
+        if not parts or len({(p.dtype, p.shape[1:]) for p in parts}) != 1:
+            raise ValueError("stacked parts need the same row shape and type")
+        self.parts = list(parts)
+        self.dtype = parts[0].dtype
+        self._row_shape = parts[0].shape[1:]
+        self._starts = np.cumsum([0] + [len(p) for p in parts])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self),) + self._row_shape
+
+    @property
+    def ndim(self) -> int:
+        return 1 + len(self._row_shape)
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __getitem__(self, index):
+        rest = ()
+        if isinstance(index, tuple):
+            index, rest = index[0], index[1:]
+        single = isinstance(index, (int, np.integer))
+        positions = np.atleast_1d(np.arange(len(self))[index])
+        part_of = np.searchsorted(self._starts, positions, side="right") - 1
+        out = np.empty((len(positions),) + self._row_shape, dtype=self.dtype)
+        for part in np.unique(part_of):  # one read per part, in the order asked
+            where = np.flatnonzero(part_of == part)
+            out[where] = self.parts[part][positions[where] - self._starts[part]]
+        if single:
+            return out[0][rest] if rest else out[0]
+        return out[(slice(None),) + rest] if rest else out
+
+    def __iter__(self):
+        for start in range(0, len(self), 64):
+            yield from self[start:start + 64]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        array = self[:]
+        return array.astype(dtype) if dtype is not None else array
+
+    def subset(self, rows: np.ndarray) -> StackedRows | RowArray:
+        """The given rows (positions within this array), as another lazy array."""
+        rows = np.arange(len(self))[np.asarray(rows, dtype=np.int64)]
+        part_of = np.searchsorted(self._starts, rows, side="right") - 1
+        bounds = np.flatnonzero(np.diff(part_of)) + 1  # consecutive rows of one part stay one part
+        parts = [self.parts[owner[0]].subset(chunk - self._starts[owner[0]])
+                 for chunk, owner in zip(np.split(rows, bounds), np.split(part_of, bounds)) if len(chunk)]
+        return parts[0] if len(parts) == 1 else StackedRows(parts)

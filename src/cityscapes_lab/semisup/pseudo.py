@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from .. import atomic
-from ..data.arrays import load_arrays
+from ..data.arrays import link_arrays, load_arrays
 from ..data.augment import AugmentParams, augment
 from ..data.prepared import SplitArrays
+from ..data.rows import RowArray, StackedRows
 from ..models.checkpoints import load_checkpoint
 from ..engine.runtime import Runtime
 from ..models import build_model
@@ -173,15 +174,32 @@ def _sources(pairs: SplitArrays, parts: SetParts) -> Iterator[tuple[str, str, in
                 yield "pair", image_id, row, copy
 
 
+def _row_parts(array) -> list[RowArray] | None:
+    """The on-disk parts of a lazily read array (None for one held in memory)."""
+    if isinstance(array, RowArray):
+        return [array]
+    if isinstance(array, StackedRows):
+        return list(array.parts)
+    return None
+
+
 def compose_set(folder: Path, pairs: SplitArrays, parts: SetParts, seed: int) -> SplitArrays:
     """Write the students' training set: labeled data, clean pairs and augmented copies (copy k of a pair draws
-    from its own seed), as an array folder, atomically. Row ids say where each row comes from."""
+    from its own seed), as an array folder, atomically. Row ids say where each row comes from. A set without
+    augmented copies links to the rows of its sources instead of copying them (``data.arrays.link_arrays``)."""
     folder = Path(folder)
+    plan = list(_sources(pairs, parts))
+    if parts.copies is None or not np.any(parts.copies):
+        sources = [parts.labeled] + ([pairs] if parts.clean else [])
+        images, labels = [_row_parts(s.images) for s in sources], [_row_parts(s.labels) for s in sources]
+        if all(p is not None for p in images + labels):
+            link_arrays(folder, folder.name, [image_id for _, image_id, _, _ in plan],
+                        [p for part in images for p in part], [p for part in labels for p in part])
+            return load_arrays(folder)
     partial = atomic.partial_path(folder)
     if partial.exists():
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
-    plan = list(_sources(pairs, parts))
     shape = pairs.images.shape[1:3]
     images = np.lib.format.open_memmap(partial / "images.npy", "w+", np.uint8, (len(plan), *shape, 3))
     labels = np.lib.format.open_memmap(partial / "labels.npy", "w+", np.uint8, (len(plan), *shape))
