@@ -100,7 +100,7 @@ def test_aldt_set_has_originals_then_copies(finished_study, tiny_paper):
     assert np.array_equal(again.images, aldt.images)
 
 
-def test_a_diverging_training_is_marked_failed_and_the_study_goes_on(tiny_paper, tmp_path, monkeypatch):
+def test_a_diverging_training_is_marked_failed_and_the_study_goes_on(tiny_paper, tmp_path, monkeypatch, capsys):
     original = tasks_module.train
 
     def diverge_for_member_1(model, training, config, runtime, **kw):
@@ -110,8 +110,12 @@ def test_a_diverging_training_is_marked_failed_and_the_study_goes_on(tiny_paper,
         return original(model, training, config, runtime, **kw)
 
     monkeypatch.setattr(tasks_module, "train", diverge_for_member_1)
-    summary = run_study(tiny_paper, tmp_path / "runs", ["ldt"], load_config(overrides=TINY), show_progress=False)
+    said = []
+    summary = run_study(tiny_paper, tmp_path / "runs", ["ldt"], load_config(overrides=TINY), log=said.append)
     assert (summary.trained, summary.failed) == (3, 1)
+    # said once: in the progress line on stderr (not a terminal here), not again by the log
+    told = capsys.readouterr().err + "\n".join(said)
+    assert told.count("the training loss became nan") == 1 and "ldt/run1/gen0/m01: failed: the training" in told
     with ResultStore(tmp_path / "runs" / "results.sqlite") as store:
         statuses = {r.member: (r.status, r.error) for r in store.trainings()}
         assert statuses[1] == ("failed", "the training loss became nan in steps 0..1")

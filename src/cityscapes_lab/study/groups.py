@@ -78,7 +78,8 @@ def record(ctx: StudyContext, key: TrainingKey, result: TaskResult) -> None:
     ctx.progress.done(str(key), result)
     if result.status == "failed":
         ctx.counts["failed"] += 1
-        ctx.log(f"{key}: failed: {result.error}")
+        if not ctx.progress.lines:  # where the progress already prints one line per training, once is enough
+            ctx.log(f"{key}: failed: {result.error}")
 
 
 def keep_top(ctx: StudyContext, group: GroupKey, ranked: list[TrainingKey]) -> None:

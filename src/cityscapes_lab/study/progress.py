@@ -65,6 +65,8 @@ class StudyProgress:
             figure = f"failed: {result.error}"
         elif not math.isnan(val.get("paper_miou", math.nan)):
             figure = f"val mIoU {val['paper_miou']:.4f}"
+        elif "miou" in val:  # the standard protocol: the official 19-class val mIoU
+            figure = f"val mIoU {val['miou']:.4f} (official)"
         elif "total_loss" in val:
             figure = f"val loss {val['total_loss']:.4f}"
         else:
