@@ -1,7 +1,7 @@
 """The study on the standard protocol (the semi-supervised benchmark): the supervised DeepLabV3+ baseline on a
 labeled subset and Inconsistency Masks over two generations, end to end on the CPU at a reduced size; its IM
-pairs checked against the teachers' own predictions; resume after kill -9; the local executor; the plan; the
-settings a standard study refuses."""
+pairs checked against the teachers' own predictions; resume after kill -9; the local and Ray executors; the plan;
+the settings a standard study refuses."""
 
 import json
 from pathlib import Path
@@ -181,6 +181,18 @@ def test_the_labeled_subset_chooses_the_split_the_study_learns_from(raw_small, t
 def test_local_processes_give_the_serial_scores(tiny_standard, tmp_path, standard_study):
     summary = run_study(tiny_standard, tmp_path / "study", ["im"], config(), show_progress=False, executor="local",
                         parallel=2)
+    assert (summary.trained, summary.failed) == (6, 0)
+    assert scores(tmp_path / "study") == scores(standard_study)
+
+
+def test_ray_gives_the_serial_scores(tiny_standard, tmp_path, standard_study):
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    try:
+        summary = run_study(tiny_standard, tmp_path / "study", ["im"], config(), show_progress=False,
+                            executor="ray", cpus_per_task=1)
+    finally:
+        ray.shutdown()
     assert (summary.trained, summary.failed) == (6, 0)
     assert scores(tmp_path / "study") == scores(standard_study)
 
