@@ -379,6 +379,23 @@ def test_threads_and_device(tiny_paper, tmp_path, monkeypatch):
             Runtime.from_config(TrainConfig(device="cuda"))
 
 
+def test_sync_bn_under_ddp_on_gpus_and_its_clash_with_recompute():
+    """What train.sync_bn does where it applies (a runtime of 2 GPU processes, described: no GPU is used): the
+    BatchNorms become SyncBatchNorm, unless train.sync_bn=off; with train.recompute on it is refused, since the
+    recomputed pass would update SyncBatchNorm's statistics twice."""
+    gpus = Runtime(torch.device("cuda"), world_size=2)
+    model = build_model("deeplabv3plus_r50", 19, depths=(1, 1, 1, 1), width=8)
+    converted = engine.sync_batch_norm(model, TrainConfig(), gpus)
+    assert any(isinstance(m, nn.SyncBatchNorm) for m in converted.modules())
+    kept = engine.sync_batch_norm(build_model("deeplabv3plus_r50", 19, depths=(1, 1, 1, 1), width=8),
+                                  TrainConfig(sync_bn="off"), gpus)
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in kept.modules())
+    model = build_model("deeplabv3plus_r50", 19, depths=(1, 1, 1, 1), width=8)
+    model.recompute = True
+    with pytest.raises(ConfigError, match="train.recompute on with SyncBatchNorm"):
+        engine.sync_batch_norm(model, TrainConfig(), gpus)
+
+
 def test_sgd_momentum_and_the_settings_that_belong_to_one_optimizer(tmp_path):
     still = run("standard", dataclasses.replace(BASE, optimizer="sgd", momentum=0.0), tmp_path)
     moving = run("standard", dataclasses.replace(BASE, optimizer="sgd"), tmp_path)

@@ -143,6 +143,10 @@ def sync_batch_norm(model: nn.Module, config: TrainConfig, runtime: Runtime) -> 
         raise ConfigError("train.sync_bn on: SyncBatchNorm needs several processes on GPUs (torchrun with CUDA); "
                           "use auto, which turns it on there and off elsewhere")
     if distributed_gpus and config.sync_bn != "off":
+        if getattr(model, "recompute", False):  # SyncBatchNorm would replace the rerun-aware BatchNorm2d
+            raise ConfigError("train.recompute on with SyncBatchNorm (DDP on GPUs): the recomputed forward pass would "
+                              "update the BatchNorm statistics a second time; set train.recompute=off (GPUs rarely "
+                              "need it) or train.sync_bn=off")
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model
 
