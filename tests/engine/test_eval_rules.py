@@ -235,7 +235,7 @@ def test_window_on_the_command_line(tmp_path, capsys):
 
     image = images_of((1, 40, 60, 3))[0]
     cv2.imwrite(str(tmp_path / "frame.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    args = ["predict", "--model", "unet_paper", "--random-weights", tmp_path / "frame.png", "--no-color",
+    args = ["predict", "--model", "segformer_b0", "--random-weights", tmp_path / "frame.png", "--no-color",
             "--no-overlay"]
     code, _, err = run_cli(args + ["--out", tmp_path / "crop", "--protocol", "center-crop", "--window", "32",
                                    "--json", tmp_path / "crop.json"], capsys)
@@ -248,3 +248,6 @@ def test_window_on_the_command_line(tmp_path, capsys):
     expect_error(args + ["--out", tmp_path / "whole", "--protocol", "whole", "--window", "24"], capsys,
                  "--window applies to the protocols slide-unimatch-v1, slide-shifted, center-crop")
     assert not (tmp_path / "whole").exists()
+    # the study's U-Net sees every image resized to 416x208: a centre crop of the original cannot be scored
+    expect_error(["predict", "--model", "unet_paper", "--random-weights", tmp_path / "frame.png", "--out",
+                  tmp_path / "unet", "--protocol", "center-crop"], capsys, "sees every image resized to 416x208")

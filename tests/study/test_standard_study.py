@@ -62,6 +62,7 @@ def test_every_group_trains_and_is_scored_under_the_rule(standard_study):
             saved = load_checkpoint(row.checkpoint)
             assert saved["model_name"] == "deeplabv3plus_r50" and saved["protocol"] == "standard"
             assert saved["model_options"] == {"depths": [1, 1, 1, 2], "width": 8}
+            assert saved["input_size"] == [128, 64]  # a downscaled copy: predict resizes to it (full size: None)
         # ranked by the official val mIoU (the standard protocol has no per-image paper metric)
         ranking = store.ranking(GroupKey("ldt", 1))
         assert [value for _, value in ranking] == sorted((store.scores(k)["val"]["miou"] for k, _ in ranking),

@@ -143,6 +143,10 @@ def load_predictor(name: str | None, weights: str | Path | None, protocol: str =
     model = model.to(torch_device).eval()
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if input_size is not None and protocol == "center-crop":
+        raise ConfigError(f"{weights or name}: sees every image resized to {input_size[0]}x{input_size[1]} (the size "
+                          "it was trained at), so a centre crop of the original cannot be scored with it; use another "
+                          "--protocol (or a model trained at the original resolution)")
     if window is not None and protocol not in WINDOWED:
         raise ConfigError(f"--window applies to the protocols {', '.join(WINDOWED)}; {protocol} has no window "
                           "to set (leave --window out)")

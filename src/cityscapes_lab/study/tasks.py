@@ -126,9 +126,13 @@ def execute(task: TrainingTask) -> TaskResult:
     model.load_state_dict(result.best_state)
     checkpoint = out / "best.pt"
     best_score = next(iter(result.best.values()))
+    # the size the network must see: the paper protocol's fixed input, or a downscaled standard copy's size; a
+    # network trained at the original resolution takes images as they are (any size, any window or crop)
+    full_size = tuple(data.size) == tuple(data.meta["source"]["original_size"])
+    input_size = None if data.protocol == "standard" and full_size else list(data.size)
     save_checkpoint(checkpoint, {
         "model_name": config.model, "model_options": architecture_options(options), "num_classes": data.num_classes,
-        "protocol": data.protocol, "input_size": list(data.size), "state_dict": result.best_state,
+        "protocol": data.protocol, "input_size": input_size, "state_dict": result.best_state,
         "best_epoch": result.best_epoch, "val_score": best_score if task.consistency_views is None else -best_score,
         "seed": task.seed, "key": task.key})
     _write_history(out / "history.csv", result.history)
