@@ -9,6 +9,7 @@
 #   1. pytest -m gpu                      the CUDA-only tests
 #   2. study                              a tiny study end to end on cuda (synth, prepare, study --executor local
 #                                         --parallel 2, report), from the command line
+#   2b. standard study                    the semi-supervised benchmark's study (LDT + IM, DeepLabV3+) on cuda
 #   3. train_step                         benchmarks/train_step.py --steps 5 on cuda
 #   4. zoo                                hrnet_w48_ocr and upernet_internimage_l at 1024x2048, fp32 against bf16:
 #                                         time, peak memory, share of pixels whose class differs
@@ -101,6 +102,37 @@ EOF
 }
 export -f tiny_study
 stage "study (cuda, local x2)" 80 "$WORK/study.json" bash -c tiny_study
+
+# 2b. the semi-supervised benchmark's study (standard protocol) on cuda: a small DeepLabV3+ of UniMatch's layout,
+#     its recipe (SGD, poly, OHEM, online crops), LDT and one IM generation, scored with UniMatch's windows
+standard_study() {
+  local cli=.venv/bin/cityscapes-lab dir="$WORK/standard"
+  "$cli" synth "$dir/raw" --train 16 --val 4 --test 0 --size 512x256 --seed 0 || return $?
+  "$cli" prepare --raw "$dir/raw" --out "$dir/prepared" --protocol standard --split-family seeded \
+    --fractions 1/2 || return $?
+  "$cli" study --data "$dir/prepared" --out "$dir/runs" --approaches im --config configs/ssl-supervised.toml \
+    --config configs/ssl-im.toml --set study.labeled_subset=1/2 --set 'train.model_options={"width": 16}' \
+    --set train.device="${STUDY_DEVICE:-cuda}" --set train.epochs=2 --set train.batch_size=4 \
+    --set train.lr_reference_batch=4 --set 'online.crop=[192, 192]' --set semisup.generations=1 \
+    --set study.eval_window=192 || return $?
+  "$cli" report "$dir/runs" || return $?
+  "$PY" - "$dir/runs" "$WORK/standard.json" <<'EOF'
+import json, sqlite3, sys
+from pathlib import Path
+runs, out = Path(sys.argv[1]), Path(sys.argv[2])
+db = sqlite3.connect(runs / "results.sqlite")
+status = dict(db.execute("SELECT status, COUNT(*) FROM trainings GROUP BY status").fetchall())
+miou = db.execute("SELECT AVG(value) FROM scores WHERE split = 'val' AND metric = 'miou'").fetchone()[0]
+rows = [{"what": "synth 16+4 at 512x256, prepare (standard, seeded 1/2), study LDT + IM (DeepLabV3+ width 16, the "
+                 "ssl recipes, crop 192, slide-unimatch-v1 192), report",
+         "result": f"trainings: {', '.join(f'{v} {k}' for k, v in sorted(status.items()))}; mean val mIoU "
+                   f"{miou if miou is None else round(miou, 4)}"}]
+out.write_text(json.dumps({"rows": rows}))
+sys.exit(0 if status.get("done", 0) and not status.get("failed") else 1)
+EOF
+}
+export -f standard_study
+stage "standard study (cuda)" 60 "$WORK/standard.json" bash -c standard_study
 
 # 3. the training step, run from a scratch copy of benchmarks/ so that its own table lands in a scratch
 #    RESULTS.md (read into the summary) rather than in the repository's
