@@ -202,6 +202,11 @@ def grad_clip(base, changed):
     assert max(base.grad_norms) > 1e-3 and max(changed.grad_norms) <= 1e-3 * 1.001
 
 
+def val_every(base, changed):  # 2 of 2 epochs: validated after the second (the last) only
+    assert len(changed.eval_sizes) * 2 == len(base.eval_sizes) and changed.best_epoch == 1
+    assert len(changed.history[0]) < len(changed.history[1])  # the first epoch has no validation figures
+
+
 def keep_last(base, changed):
     assert changed.best_epoch == 1 and not differ(changed.best_state, changed.weights)
 
@@ -248,6 +253,7 @@ ENGINE = {
     "train.adam_eps": (1e-3, weights_change),
     "train.grad_clip": (1e-3, grad_clip),
     "train.keep": ("last", keep_last),
+    "train.val_every": (2, val_every),
     "train.precision": ("bf16", precision),
     "train.channels_last": (False, channels_last),
     "train.compile": (True, compiled),

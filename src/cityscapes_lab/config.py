@@ -70,6 +70,9 @@ class TrainConfig:
                                              "PyTorch's form); torch: PyTorch's; auto = keras on the paper "
                                              "protocol, torch on the standard")
     grad_clip: float = setting(0.0, "clip the gradients' global L2 norm to this (0 = no clipping)")
+    val_every: int = setting(1, "validate every N epochs and after the last one (the best epoch is chosen among "
+                                "those); 1 = every epoch, as the study; the standard protocol's full-resolution val "
+                                "can cost more than a short epoch")
     keep: str = setting("best", "weights kept: best (the epoch with the best validation, strictly better wins, "
                                 "as Keras' save_best_only) or last")
     nan_check: str = setting("epoch", "stop a training whose loss is NaN or infinite: epoch (one check per "
@@ -116,6 +119,7 @@ class TrainConfig:
                "must be auto, keras or torch")
         _check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0: no clipping)")
         _check(self.keep in ("best", "last"), "train.keep", "must be best or last")
+        _check(self.val_every >= 1, "train.val_every", "must be >= 1")
         _check(self.nan_check in ("epoch", "step", "off"), "train.nan_check", "must be epoch, step or off")
         _check(self.aux_weight >= 0, "train.aux_weight", "must be >= 0")
         _check(self.eval_batch_size >= 1, "train.eval_batch_size", "must be >= 1")

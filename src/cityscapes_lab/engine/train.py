@@ -228,6 +228,7 @@ def train(model: nn.Module, training: Training, config: TrainConfig, runtime: Ru
     with bar:
         while state["epoch"] < training.epochs:
             start, row = time.perf_counter(), {"epoch": state["epoch"] + 1}
+            validate = row["epoch"] % config.val_every == 0 or row["epoch"] == training.epochs  # train.val_every
             step_number = state["epoch"] * sum(steps)  # the schedule's count of optimiser steps
             for index, (phase, count, stream) in enumerate(zip(phases, steps, streams)):
                 forward.train()
@@ -262,9 +263,10 @@ def train(model: nn.Module, training: Training, config: TrainConfig, runtime: Ru
                     raise TrainingDiverged(f"the {what(phase)} became {float(mean)} in steps {first}.."
                                            f"{first + count - 1}")
                 row[phase.name] = float(mean)
-                if validation.after_each_phase and index < len(phases) - 1:
+                if validation.after_each_phase and index < len(phases) - 1 and validate:
                     judge(row, f"_after_{phase.name}")
-            judge(row)
+            if validate:
+                judge(row)
             row.update(lr=lr, seconds=time.perf_counter() - start)
             state["history"].append(row)
             bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k in (phases[-1].name, validation.criterion)})

@@ -97,8 +97,10 @@ class AldtSetTask:
 
 
 def _write_history(path: Path, history: list[dict]) -> None:
-    rows = [",".join(history[0])] + [",".join(f"{row[k]}" for k in history[0]) for row in history] if history else []
-    atomic.write_text(path, "\n".join(rows) + "\n")
+    """``history.csv``: a row per epoch; an epoch without validation (train.val_every) leaves its columns empty."""
+    columns = list(dict.fromkeys(key for row in history for key in row))
+    rows = [",".join(columns)] + [",".join(f"{row[k]}" if k in row else "" for k in columns) for row in history]
+    atomic.write_text(path, "\n".join(rows if history else []) + "\n")
 
 
 def execute(task: TrainingTask) -> TaskResult:
