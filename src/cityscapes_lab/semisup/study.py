@@ -94,13 +94,15 @@ def check_protocol(data: PreparedData, config: Config, semisup: list[str], basel
     """What a study on the standard protocol cannot do, refused in one line: approaches made for the paper
     protocol's tiny U-Nets, IM labels of the other protocol, a centre-crop rule with outputs at full size."""
     protocol = data.protocol
+
+    def protocols_of(name: str) -> tuple[str, ...]:
+        return (BASELINES[name] if name in BASELINES else RECIPES[name]).protocols
+
     for name in list(baselines) + list(semisup):
-        allowed = (BASELINES[name].protocols if name in BASELINES else RECIPES[name].protocols)
-        if protocol not in allowed:
-            runs_on = [a for a in list(BASELINES) + list(RECIPES) if protocol in
-                       (BASELINES[a].protocols if a in BASELINES else RECIPES[a].protocols)]
-            raise ConfigError(f"{name} runs on the {' and '.join(allowed)} protocol; {data.root} is {protocol}: on it "
-                              f"the study runs {', '.join(runs_on)}")
+        if protocol not in protocols_of(name):
+            runs_on = [a for a in list(BASELINES) + list(RECIPES) if protocol in protocols_of(a)]
+            raise ConfigError(f"{name} runs on the {' and '.join(protocols_of(name))} protocol; {data.root} is "
+                              f"{protocol}: on it the study runs {', '.join(runs_on)}")
     im_label = config.semisup.im_label
     if (protocol, im_label) in (("standard", "im_class"), ("paper", "ignore")):
         fix = ("the standard protocol's class 0 is road: use ignore (255, left out of the loss) or teacher"
