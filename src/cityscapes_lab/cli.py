@@ -189,10 +189,7 @@ def study(data: Path, out: Path, approaches: str, runs: int | None, models: int 
 
     extra = [f"study.runs={runs}"] * (runs is not None) + [f"study.models={models}"] * (models is not None)
     extra += ["study.save_predictions=true"] * save_predictions
-    config = None
-    for path in config_files[:-1]:
-        config = load_config(path, base=config)
-    config = load_config(config_files[-1] if config_files else None, list(overrides) + extra, base=config)
+    config = load_config(list(config_files), list(overrides) + extra)
     names = [a.strip().lower() for a in approaches.split(",") if a.strip()]
     if plan_only:
         _say(describe_plan(data, out, names, config, throughput, executor, parallel, gpus_per_task))

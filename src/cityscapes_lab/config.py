@@ -385,11 +385,13 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML ({exc}); fix the file") from None
 
 
-def load_config(path: Path | None = None, overrides: list[str] = (), base: Config | None = None) -> Config:
-    """Defaults (or ``base``), then the TOML file ``path``, then ``section.key=value`` overrides; validated."""
+def load_config(path: Path | str | list | tuple | None = None, overrides: list[str] = (),
+                base: Config | None = None) -> Config:
+    """Defaults (or ``base``), then the TOML file ``path`` (or several, each overriding the ones before), then
+    ``section.key=value`` overrides; validated."""
     config = base or Config()
-    if path is not None:
-        config = _apply(config, _read_toml(Path(path)), str(path))
+    for one in ([] if path is None else [path] if isinstance(path, (str, Path)) else path):
+        config = _apply(config, _read_toml(Path(one)), str(one))
     updates: dict[str, dict[str, Any]] = {}
     for item in overrides:
         name, sep, text = item.partition("=")

@@ -38,9 +38,9 @@ def save_arrays(folder: Path, arrays: SplitArrays, extra: dict | None = None) ->
 
 
 def link_arrays(folder: Path, name: str, ids: list[str], images: list[RowArray], labels: list[RowArray]) -> None:
-    """Write a set whose rows are rows of other files, part after part (``images[k]`` and ``labels[k]``: the
-    same rows of one source), atomically: ``ids.json`` and ``links.json`` (each part's file, relative to the set
-    and absolute, its rows and its size, checked when the set is read)."""
+    """Write a set whose rows are rows of other files, atomically: ``images`` and ``labels`` are the parts of each
+    in row order (``RowArray``s, each a file and optionally some of its rows). ``ids.json`` and ``links.json``
+    (each part's file, relative to the set and absolute, its rows and its size, checked when the set is read)."""
     folder = Path(folder)
     partial = atomic.partial_path(folder)
     if partial.exists():
