@@ -14,7 +14,48 @@ from pathlib import Path
 import numpy as np
 
 
-class RowArray:
+class LazyRows:
+    """What every lazily read (N, ...) array shares: NumPy-like indexing of its first dimension (an int, a slice,
+    an index array, optionally followed by indices of the row), iteration and ``np.asarray``. A subclass has
+    ``dtype``, ``_row_shape``, ``__len__`` and ``_rows(positions)``, which reads those rows."""
+
+    dtype: np.dtype
+    _row_shape: tuple[int, ...]
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _rows(self, positions: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self),) + self._row_shape
+
+    @property
+    def ndim(self) -> int:
+        return 1 + len(self._row_shape)
+
+    def __getitem__(self, index):
+        rest = ()
+        if isinstance(index, tuple):
+            index, rest = index[0], index[1:]
+        single = isinstance(index, (int, np.integer))
+        rows = self._rows(np.atleast_1d(np.arange(len(self))[index]))
+        if single:
+            return rows[0][rest] if rest else rows[0]
+        return rows[(slice(None),) + rest] if rest else rows
+
+    def __iter__(self):
+        for start in range(0, len(self), 64):
+            yield from self[start:start + 64]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        array = self[:]
+        return array.astype(dtype) if dtype is not None else array
+
+
+class RowArray(LazyRows):
     """A read-only (N, ...) array on disk, optionally restricted to some rows (``rows``, in that order)."""
 
     def __init__(self, path: Path, rows: np.ndarray | None = None):
@@ -39,16 +80,11 @@ class RowArray:
             raise ValueError(f"the file ends early: {actual} of {expected} bytes")
         self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
 
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (len(self),) + self._row_shape
-
-    @property
-    def ndim(self) -> int:
-        return 1 + len(self._row_shape)
-
     def __len__(self) -> int:
         return self._file_rows if self.rows is None else len(self.rows)
+
+    def _rows(self, positions: np.ndarray) -> np.ndarray:
+        return self._read(positions if self.rows is None else self.rows[positions])
 
     def _file_indices(self, index) -> np.ndarray:
         positions = np.arange(len(self))[index]
@@ -78,30 +114,12 @@ class RowArray:
             os.close(fd)
         return out
 
-    def __getitem__(self, index):
-        rest = ()
-        if isinstance(index, tuple):
-            index, rest = index[0], index[1:]
-        single = isinstance(index, (int, np.integer))
-        rows = self._read(np.atleast_1d(self._file_indices(index)))
-        if single:
-            return rows[0][rest] if rest else rows[0]
-        return rows[(slice(None),) + rest] if rest else rows
-
-    def __iter__(self):
-        for start in range(0, len(self), 64):
-            yield from self[start:start + 64]
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        array = self[:]
-        return array.astype(dtype) if dtype is not None else array
-
     def subset(self, rows: np.ndarray) -> RowArray:
         """The given rows of this array (positions within it), as another lazy array."""
         return RowArray(self.path, self._file_indices(np.asarray(rows, dtype=np.int64)))
 
 
-class StackedRows:
+class StackedRows(LazyRows):
     """Several ``RowArray`` parts (rows of the same shape and type) read as one (N, ...) array, part after part:
     a training set that refers to the rows of other files instead of copying them (``data.arrays`` links)."""
 
@@ -113,39 +131,16 @@ class StackedRows:
         self._row_shape = parts[0].shape[1:]
         self._starts = np.cumsum([0] + [len(p) for p in parts])
 
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (len(self),) + self._row_shape
-
-    @property
-    def ndim(self) -> int:
-        return 1 + len(self._row_shape)
-
     def __len__(self) -> int:
         return int(self._starts[-1])
 
-    def __getitem__(self, index):
-        rest = ()
-        if isinstance(index, tuple):
-            index, rest = index[0], index[1:]
-        single = isinstance(index, (int, np.integer))
-        positions = np.atleast_1d(np.arange(len(self))[index])
+    def _rows(self, positions: np.ndarray) -> np.ndarray:
         part_of = np.searchsorted(self._starts, positions, side="right") - 1
         out = np.empty((len(positions),) + self._row_shape, dtype=self.dtype)
         for part in np.unique(part_of):  # one read per part, in the order asked
             where = np.flatnonzero(part_of == part)
             out[where] = self.parts[part][positions[where] - self._starts[part]]
-        if single:
-            return out[0][rest] if rest else out[0]
-        return out[(slice(None),) + rest] if rest else out
-
-    def __iter__(self):
-        for start in range(0, len(self), 64):
-            yield from self[start:start + 64]
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        array = self[:]
-        return array.astype(dtype) if dtype is not None else array
+        return out
 
     def subset(self, rows: np.ndarray) -> StackedRows | RowArray:
         """The given rows (positions within this array), as another lazy array."""
