@@ -76,6 +76,26 @@ pytest_gpu() {
 export -f pytest_gpu
 stage "pytest -m gpu" 60 "" bash -c pytest_gpu
 
+# study_row RUNS JSON WHAT: the finished study in RUNS as one row of the table (its trainings' statuses, mean val
+# mIoU, report files) in JSON; fails unless some trainings are done, none failed, and the report was written
+study_row() {
+  "$PY" - "$1" "$2" "$3" <<'EOF'
+import json, sqlite3, sys
+from pathlib import Path
+runs, out, what = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+db = sqlite3.connect(runs / "results.sqlite")
+status = dict(db.execute("SELECT status, COUNT(*) FROM trainings GROUP BY status").fetchall())
+miou = db.execute("SELECT AVG(value) FROM scores WHERE split = 'val' AND metric = 'miou'").fetchone()[0]
+report = sorted(p.name for p in (runs / "report").glob("*")) if (runs / "report").exists() else []
+rows = [{"what": what,
+         "result": f"trainings: {', '.join(f'{v} {k}' for k, v in sorted(status.items()))}; mean val mIoU "
+                   f"{miou if miou is None else round(miou, 4)}; report: {', '.join(report) or 'none'}"}]
+out.write_text(json.dumps({"rows": rows}))
+sys.exit(0 if status.get("done", 0) and not status.get("failed") and report else 1)
+EOF
+}
+export -f study_row
+
 # 2. a tiny study end to end on cuda, two trainings at once on the device
 tiny_study() {
   local cli=.venv/bin/cityscapes-lab dir="$WORK/study"
@@ -85,20 +105,8 @@ tiny_study() {
     --set train.device=cuda --set train.epochs=2 --set train.batch_size=8 --set semisup.students=2 \
     --set semisup.generations=1 --set semisup.n=2 --executor local --parallel 2 || return $?
   "$cli" report "$dir/runs" || return $?
-  "$PY" - "$dir/runs" "$WORK/study.json" <<'EOF'
-import json, sqlite3, sys
-from pathlib import Path
-runs, out = Path(sys.argv[1]), Path(sys.argv[2])
-db = sqlite3.connect(runs / "results.sqlite")
-status = dict(db.execute("SELECT status, COUNT(*) FROM trainings GROUP BY status").fetchall())
-miou = db.execute("SELECT AVG(value) FROM scores WHERE split = 'val' AND metric = 'miou'").fetchone()[0]
-report = sorted(p.name for p in (runs / "report").glob("*")) if (runs / "report").exists() else []
-rows = [{"what": "synth 48+8+4 at 1024x512, prepare (paper), study LDT + IM, --executor local --parallel 2, report",
-         "result": f"trainings: {', '.join(f'{v} {k}' for k, v in sorted(status.items()))}; mean val mIoU {miou if miou is None else round(miou, 4)}; "
-                   f"report: {', '.join(report) or 'none'}"}]
-out.write_text(json.dumps({"rows": rows}))
-sys.exit(0 if status.get("done", 0) and not status.get("failed") and report else 1)
-EOF
+  study_row "$dir/runs" "$WORK/study.json" \
+    "synth 48+8+4 at 1024x512, prepare (paper), study LDT + IM, --executor local --parallel 2, report"
 }
 export -f tiny_study
 stage "study (cuda, local x2)" 80 "$WORK/study.json" bash -c tiny_study
@@ -116,20 +124,8 @@ standard_study() {
     --set train.lr_reference_batch=4 --set 'online.crop=[192, 192]' --set semisup.generations=1 \
     --set study.eval_window=192 || return $?
   "$cli" report "$dir/runs" || return $?
-  "$PY" - "$dir/runs" "$WORK/standard.json" <<'EOF'
-import json, sqlite3, sys
-from pathlib import Path
-runs, out = Path(sys.argv[1]), Path(sys.argv[2])
-db = sqlite3.connect(runs / "results.sqlite")
-status = dict(db.execute("SELECT status, COUNT(*) FROM trainings GROUP BY status").fetchall())
-miou = db.execute("SELECT AVG(value) FROM scores WHERE split = 'val' AND metric = 'miou'").fetchone()[0]
-rows = [{"what": "synth 16+4 at 512x256, prepare (standard, seeded 1/2), study LDT + IM (DeepLabV3+ width 16, the "
-                 "ssl recipes, crop 192, slide-unimatch-v1 192), report",
-         "result": f"trainings: {', '.join(f'{v} {k}' for k, v in sorted(status.items()))}; mean val mIoU "
-                   f"{miou if miou is None else round(miou, 4)}"}]
-out.write_text(json.dumps({"rows": rows}))
-sys.exit(0 if status.get("done", 0) and not status.get("failed") else 1)
-EOF
+  study_row "$dir/runs" "$WORK/standard.json" "synth 16+4 at 512x256, prepare (standard, seeded 1/2), study LDT + \
+IM (DeepLabV3+ width 16, the ssl recipes, crop 192, slide-unimatch-v1 192), report"
 }
 export -f standard_study
 stage "standard study (cuda)" 60 "$WORK/standard.json" bash -c standard_study
