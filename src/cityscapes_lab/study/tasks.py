@@ -176,7 +176,7 @@ def score_model(model: torch.nn.Module, data: PreparedData, task: TrainingTask, 
     if data.protocol == "standard" and task.eval_rule != "whole":
         from ..engine.prediction import protocol_for
 
-        rule = protocol_for(model_spec(TrainConfig(**task.train).model), task.eval_rule, task.eval_window or None)
+        rule = protocol_for(model_spec(task.train["model"]), task.eval_rule, task.eval_window or None)
     for name in task.eval_splits:
         if name not in data.splits or not (data.has_labels(name) or task.predictions_dir):
             continue
