@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # The checks and measurements that need a CUDA device, in one command (under 8 minutes), run from anywhere after
-# `./run.sh test` installed .venv:
+# `./run.sh test` installed .venv (on a machine without a package index: benchmarks/gpu_env.sh install):
 #
 #   bash benchmarks/gpu_check.sh
+#
+# With GPU_CHECK_OUT=DIR the updated RESULTS.md and the stages' logs (gpu-check-logs.tgz) are copied there too,
+# for a machine that is handed back after the run. GPU_CHECK_REHEARSE=1 runs every stage on the CPU at toy sizes
+# and prints the table without recording it: a check of the script itself, which the test suite runs, so that
+# the rare hour on a GPU is not lost to a broken stage. GPU_CHECK_PYTHON: the interpreter (default .venv's).
 #
 # Stages, each with its own time limit (cut to what is left of the whole budget, GPU_CHECK_BUDGET seconds,
 # default 450), each run even when an earlier one failed:
@@ -19,32 +24,53 @@
 #   7. DeepLabV3+ step                    benchmarks/deeplab_step.py: one supervised R50 step at crop 801,
 #                                         batch 8, fp32 and bf16, and the projected time of one training
 # Then one table (stage, what, result, status) is printed and appended to benchmarks/RESULTS.md with the device
-# name. Without a CUDA device it prints one line and exits 0. The logs stay in a folder under /tmp (named in
-# the table's notes).
+# name. Without a CUDA device it prints one line and exits 0. The logs stay in a folder under $TMPDIR or /tmp
+# (named in the table's notes).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-PY=.venv/bin/python
+PY=${GPU_CHECK_PYTHON:-.venv/bin/python}
 if [ ! -x "$PY" ]; then
-  echo "gpu_check: no .venv here; run ./run.sh test first"
+  echo "gpu_check: no .venv here; run ./run.sh test first (offline: bash benchmarks/gpu_env.sh install)"
   exit 2
 fi
-if [ "$("$PY" -c 'import torch; print(torch.cuda.is_available())' 2>/dev/null)" != "True" ]; then
-  echo "gpu_check: no CUDA device (torch.cuda.is_available() is False); nothing to check"
-  exit 0
+# the sizes of every stage: the real ones, or toy ones for a rehearsal on the CPU
+if [ "${GPU_CHECK_REHEARSE:-0}" = 1 ]; then
+  DEVICE=cpu RECORD=--no-record
+  LIMIT_SCALE=3 BUDGET=${GPU_CHECK_BUDGET:-900}  # a shared 2-core machine (the test suite runs beside it)
+  DEVICE_NAME="a CPU rehearsal ($(nproc) cores; toy sizes, no GPU figures)"
+  STUDY_SYNTH="--train 12 --val 4 --test 2 --size 512x256" STUDY_BATCH=4
+  TRAIN_STEP_ARGS="--steps 1 --batch 2 --alphas 1 --rounds 1 --skip-compile"
+  ZOO_ARGS="--size 64x128 --repeats 1"
+  CONCURRENT_ARGS="--executors serial,local --parallel 2 --train 8 --val 4 --size 256x128 --epochs 1 --batch 4"
+  BATCHED_ARGS="--groups 1,2 --steps 1 --batch 2"
+  DEEPLAB_ARGS="--crop 129 --batch 2 --steps 1"
+else
+  if [ "$("$PY" -c 'import torch; print(torch.cuda.is_available())' 2>/dev/null)" != "True" ]; then
+    echo "gpu_check: no CUDA device (torch.cuda.is_available() is False); nothing to check"
+    exit 0
+  fi
+  DEVICE=cuda RECORD=
+  LIMIT_SCALE=1 BUDGET=${GPU_CHECK_BUDGET:-450}
+  DEVICE_NAME=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
+  DEVICE_NAME=${DEVICE_NAME:-$("$PY" -c 'import torch; print(torch.cuda.get_device_name(0))' 2>/dev/null || echo "unknown GPU")}
+  STUDY_SYNTH="--train 48 --val 8 --test 4 --size 1024x512" STUDY_BATCH=8
+  TRAIN_STEP_ARGS="--steps 5"
+  ZOO_ARGS="--size 1024x2048 --repeats 3"
+  CONCURRENT_ARGS="--parallel 1,2,4,8"
+  BATCHED_ARGS="--groups 1,4,8 --steps 3"
+  DEEPLAB_ARGS="--steps 3"
 fi
 
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0
-BUDGET=${GPU_CHECK_BUDGET:-450}
 START=$SECONDS
-WORK=$(mktemp -d /tmp/gpu-check.XXXXXX)
-CACHE=.bench
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")
+CACHE=.bench  # generated stand-in data, kept between runs (a rehearsal keeps its own in $WORK)
+[ "$DEVICE" = cpu ] && CACHE=$WORK/cache
 mkdir -p "$CACHE"
 : > "$WORK/stages.tsv"
-DEVICE_NAME=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
-DEVICE_NAME=${DEVICE_NAME:-$("$PY" -c 'import torch; print(torch.cuda.get_device_name(0))' 2>/dev/null || echo "unknown GPU")}
 echo "gpu_check on $DEVICE_NAME; logs in $WORK"
-export PY WORK
+export PY WORK DEVICE STUDY_SYNTH STUDY_BATCH
 
 # stage NAME WANTED_SECONDS DATA_FILE COMMAND...: run COMMAND with a time limit of WANTED_SECONDS or what is left
 # of the budget (keeping 15 s for the summary), its output in $WORK/NAME.log, one line in stages.tsv
@@ -53,6 +79,7 @@ stage() {
   local name=$1 wanted=$2 data=$3
   shift 3
   local log="$WORK/${name// /_}.log" left=$((BUDGET - (SECONDS - START) - 15)) limit rc began
+  wanted=$((wanted * LIMIT_SCALE))
   limit=$((wanted < left ? wanted : left))
   if [ "$limit" -lt 10 ]; then
     echo "skipped: the time budget of ${BUDGET} s is spent" > "$log"
@@ -98,59 +125,74 @@ export -f study_row
 
 # 2. a tiny study end to end on cuda, two trainings at once on the device
 tiny_study() {
-  local cli=.venv/bin/cityscapes-lab dir="$WORK/study"
-  "$cli" synth "$dir/raw" --train 48 --val 8 --test 4 --size 1024x512 --seed 0 || return $?
-  "$cli" prepare --raw "$dir/raw" --out "$dir/prepared" --protocol paper --labeled-fraction 0.25 || return $?
-  "$cli" study --data "$dir/prepared" --out "$dir/runs" --approaches ldt,im --runs 1 --models 2 \
-    --set train.device=cuda --set train.epochs=2 --set train.batch_size=8 --set semisup.students=2 \
-    --set semisup.generations=1 --set semisup.n=2 --executor local --parallel 2 || return $?
-  "$cli" report "$dir/runs" || return $?
+  local dir="$WORK/study"
+  # shellcheck disable=SC2086  # the sizes are several words
+  "$PY" -m cityscapes_lab synth "$dir/raw" $STUDY_SYNTH --seed 0 || return $?
+  "$PY" -m cityscapes_lab prepare --raw "$dir/raw" --out "$dir/prepared" --protocol paper --labeled-fraction 0.25 \
+    || return $?
+  "$PY" -m cityscapes_lab study --data "$dir/prepared" --out "$dir/runs" --approaches ldt,im --runs 1 --models 2 \
+    --set train.device="$DEVICE" --set train.epochs=2 --set train.batch_size="$STUDY_BATCH" \
+    --set semisup.students=2 --set semisup.generations=1 --set semisup.n=2 --executor local --parallel 2 \
+    || return $?
+  "$PY" -m cityscapes_lab report "$dir/runs" || return $?
   study_row "$dir/runs" "$WORK/study.json" \
-    "synth 48+8+4 at 1024x512, prepare (paper), study LDT + IM, --executor local --parallel 2, report"
+    "synth ($STUDY_SYNTH), prepare (paper), study LDT + IM, --executor local --parallel 2, report"
 }
 export -f tiny_study
-stage "study (cuda, local x2)" 80 "$WORK/study.json" bash -c tiny_study
+stage "study ($DEVICE, local x2)" 80 "$WORK/study.json" bash -c tiny_study
 
 # 2b. the semi-supervised benchmark's study (standard protocol) on cuda: a small DeepLabV3+ of UniMatch's layout,
 #     its recipe (SGD, poly, OHEM, online crops), LDT and one IM generation, scored with UniMatch's windows
 standard_study() {
-  local cli=.venv/bin/cityscapes-lab dir="$WORK/standard"
-  "$cli" synth "$dir/raw" --train 16 --val 4 --test 0 --size 512x256 --seed 0 || return $?
-  "$cli" prepare --raw "$dir/raw" --out "$dir/prepared" --protocol standard --split-family seeded \
+  local dir="$WORK/standard"
+  "$PY" -m cityscapes_lab synth "$dir/raw" --train 16 --val 4 --test 0 --size 512x256 --seed 0 || return $?
+  "$PY" -m cityscapes_lab prepare --raw "$dir/raw" --out "$dir/prepared" --protocol standard --split-family seeded \
     --fractions 1/2 || return $?
-  "$cli" study --data "$dir/prepared" --out "$dir/runs" --approaches im --config configs/ssl-supervised.toml \
+  "$PY" -m cityscapes_lab study --data "$dir/prepared" --out "$dir/runs" --approaches im --config configs/ssl-supervised.toml \
     --config configs/ssl-im.toml --set study.labeled_subset=1/2 --set 'train.model_options={"width": 16}' \
-    --set train.device="${STUDY_DEVICE:-cuda}" --set train.epochs=2 --set train.batch_size=4 \
+    --set train.device="$DEVICE" --set train.epochs=2 --set train.batch_size=4 \
     --set train.lr_reference_batch=4 --set 'online.crop=[192, 192]' --set semisup.generations=1 \
     --set study.eval_window=192 || return $?
-  "$cli" report "$dir/runs" || return $?
+  "$PY" -m cityscapes_lab report "$dir/runs" || return $?
   study_row "$dir/runs" "$WORK/standard.json" "synth 16+4 at 512x256, prepare (standard, seeded 1/2), study LDT + \
 IM (DeepLabV3+ width 16, the ssl recipes, crop 192, slide-unimatch-v1 192), report"
 }
 export -f standard_study
-stage "standard study (cuda)" 60 "$WORK/standard.json" bash -c standard_study
+stage "standard study ($DEVICE)" 60 "$WORK/standard.json" bash -c standard_study
 
 # 3. the training step, run from a scratch copy of benchmarks/ so that its own table lands in a scratch
 #    RESULTS.md (read into the summary) rather than in the repository's
 mkdir -p "$WORK/bench"
 cp benchmarks/*.py "$WORK/bench/"
-stage "train_step" 120 "$WORK/bench/RESULTS.md" "$PY" "$WORK/bench/train_step.py" --steps 5
+# shellcheck disable=SC2086
+stage "train_step" 120 "$WORK/bench/RESULTS.md" "$PY" "$WORK/bench/train_step.py" $TRAIN_STEP_ARGS
 
 # 4. the zoo at 1024x2048: fp32 against bf16
+# shellcheck disable=SC2086
 stage "zoo fp32 vs bf16" 80 "$WORK/zoo.json" "$PY" benchmarks/gpu_concurrent.py zoo \
-  --models hrnet_w48_ocr,upernet_internimage_l --size 1024x2048 --repeats 3 --cache "$CACHE" --json "$WORK/zoo.json"
+  --models hrnet_w48_ocr,upernet_internimage_l $ZOO_ARGS --device "$DEVICE" --cache "$CACHE" --json "$WORK/zoo.json"
 
 # 5. concurrent trainings sharing the device (at most 150 s)
-stage "concurrent trainings" 150 "$WORK/throughput.json" "$PY" benchmarks/study_throughput.py --device cuda \
-  --parallel 1,2,4,8 --cache "$CACHE" --json "$WORK/throughput.json" --no-record
+# shellcheck disable=SC2086
+stage "concurrent trainings" 150 "$WORK/throughput.json" "$PY" benchmarks/study_throughput.py --device "$DEVICE" \
+  $CONCURRENT_ARGS --cache "$CACHE" --json "$WORK/throughput.json" --no-record
 
 # 6. a whole group as one stacked model (the batched experiment)
-stage "batched group" 45 "$WORK/batched.json" "$PY" benchmarks/batched_group.py --device cuda --groups 1,4,8 \
-  --steps 3 --json "$WORK/batched.json" --no-record
+# shellcheck disable=SC2086
+stage "batched group" 45 "$WORK/batched.json" "$PY" benchmarks/batched_group.py --device "$DEVICE" $BATCHED_ARGS \
+  --json "$WORK/batched.json" --no-record
 
 # 7. the semi-supervised benchmark's supervised DeepLabV3+ R50 step (crop 801, batch 8)
-stage "deeplabv3+ step" 45 "$WORK/deeplab.json" "$PY" benchmarks/deeplab_step.py --device cuda --steps 3 \
+# shellcheck disable=SC2086
+stage "deeplabv3+ step" 45 "$WORK/deeplab.json" "$PY" benchmarks/deeplab_step.py --device "$DEVICE" $DEEPLAB_ARGS \
   --json "$WORK/deeplab.json" --no-record
 
-"$PY" benchmarks/gpu_concurrent.py summary "$WORK" --device-name "$DEVICE_NAME"
+# shellcheck disable=SC2086
+"$PY" benchmarks/gpu_concurrent.py summary "$WORK" --device-name "$DEVICE_NAME" $RECORD
+if [ -n "${GPU_CHECK_OUT:-}" ]; then
+  mkdir -p "$GPU_CHECK_OUT"
+  cp benchmarks/RESULTS.md "$GPU_CHECK_OUT/RESULTS.md"
+  tar czf "$GPU_CHECK_OUT/gpu-check-logs.tgz" -C "$WORK" --exclude='./study' --exclude='./standard' . \
+    && echo "gpu_check: RESULTS.md and the logs copied to $GPU_CHECK_OUT"
+fi
 echo "gpu_check: done in $((SECONDS - START)) s"

@@ -8,7 +8,8 @@ import pytest
 from cityscapes_lab import load_prepared
 from cityscapes_lab.data import png
 from cityscapes_lab.data.prepare import PrepareOptions, prepare
-from cityscapes_lab.engine.evaluate import label_ids_of, score_full_resolution, score_split, write_predictions
+from cityscapes_lab.engine.evaluate import (FullResolutionScorer, SplitScorer, label_ids_of, score_full_resolution,
+                                            score_split, write_predictions)
 from cityscapes_lab.metrics.folders import evaluate_folders
 
 
@@ -47,6 +48,44 @@ def test_full_resolution_scores_equal_the_evaluator_on_upsampled_predictions(pap
             (gt / name).write_bytes((raw_small / "gtFine" / "val" / city / name).read_bytes())
     theirs = evaluate_folders(tmp_path / "pred", gt, workers=1).scores
     assert ours.miou == pytest.approx(theirs.miou, abs=1e-12) and ours.iiou == pytest.approx(theirs.iiou, abs=1e-12)
+
+
+def test_scores_taken_chunk_by_chunk_equal_those_of_the_whole_split(paper, raw_small):
+    """What ``score_model`` does to keep memory flat: uneven chunks give exactly the whole split's scores."""
+    split = paper.split("val")
+    rng = np.random.default_rng(1)
+    predictions = np.asarray(split.labels).copy()
+    predictions[:, ::3] = rng.integers(0, 35, predictions[:, ::3].shape)
+    whole = score_split(predictions, split, "paper", chunk=len(split))
+    scorer, full = SplitScorer("val", "paper"), FullResolutionScorer(raw_small, "paper")
+    for rows in (slice(0, 2), slice(2, 3), slice(3, None)):
+        scorer.add(predictions[rows], np.asarray(split.labels[rows]), np.asarray(split.instances[rows]))
+        full.add(predictions[rows], split.ids[rows])
+    chunked = scorer.result()
+    assert whole.official.miou < 1
+    np.testing.assert_equal(chunked.summary(), whole.summary())  # (NaN where a class never occurs, in both)
+    np.testing.assert_equal(chunked.paper.iou, whole.paper.iou)
+    np.testing.assert_equal(vars(full.result()), vars(score_full_resolution(predictions, split.ids, "paper",
+                                                                            raw_small)))
+
+
+def test_predicted_chunks_cover_the_split_in_order():
+    import torch
+
+    from cityscapes_lab.engine.inference import InferenceProtocol, predict, predicted_chunks
+    from cityscapes_lab.engine.runtime import Runtime
+    from cityscapes_lab.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("unet_paper", num_classes=5)
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 48, 3), dtype=np.uint8)
+    runtime = Runtime.cpu(eval_batch_size=2)
+    chunks = list(predicted_chunks(model, images, runtime, chunk=2))
+    assert [rows for rows, _ in chunks] == [slice(0, 2), slice(2, 4), slice(4, 5)]
+    assert np.array_equal(np.concatenate([p for _, p in chunks]), predict(model, images, runtime))
+    slide = InferenceProtocol("slide", (16, 16), (12, 12))
+    assert [p.shape for _, p in predicted_chunks(model, images, runtime, slide, 5, chunk=3)] == [(3, 32, 48),
+                                                                                              (2, 32, 48)]
 
 
 def test_predictions_in_train_ids_get_a_warning_with_the_conversion(raw_small, tmp_path, capsys):

@@ -240,3 +240,25 @@ def test_single_scale_whole_and_slide_are_the_softmax_of_the_logits():
     slid = infer(model, images, InferenceProtocol("slide", (h_crop, w_crop), (h_stride, w_stride)), CLASSES)
     assert_same_scores(slid, torch.softmax(preds / count, dim=1))
     assert not torch.equal(slid.argmax(1), whole.argmax(1))  # the windows matter
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("protocol", [
+    InferenceProtocol("whole", (16, 16), (16, 16), MS_SCALES, True, "hrnet", 1.0, align_corners=True),
+    InferenceProtocol("whole", scales=MS_SCALES, flip=True, combine="softmax", align_corners=False),
+    InferenceProtocol("slide", (16, 24), (11, 15)),
+    InferenceProtocol("slide", (20, 20), (13, 13), edge="truncate", combine="unimatch", overlap="sum"),
+], ids=["hrnet-ms-flip", "mmseg-ms-flip", "slide", "slide-unimatch"])
+def test_cuda_gives_the_cpu_scores(protocol):
+    """Every rule on the GPU (channels-last, fp32 without TF32) gives the CPU's score maps."""
+    from cityscapes_lab.engine.runtime import Runtime
+
+    model, images = ToyNet(), random_images((2, 37, 53, 3))
+    expected = infer(model, images, protocol, CLASSES)
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        scores = infer(model.cuda(), images, protocol, CLASSES, Runtime(torch.device("cuda"))).cpu()
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
+    assert_same_scores(scores, expected)

@@ -1,5 +1,7 @@
 """Every registered model: shape, gradients, finiteness; the study's U-Net: size, initialisation, layout."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -167,3 +169,56 @@ def test_every_path_into_a_model_gives_the_classes_of_a_direct_forward(name, raw
     confusion.add(label_ids_of(direct, 19), truth)
     scored = evaluate_on_raw(predictor, raw_small, "val", limit=1, show_progress=False)
     assert scored.scores.miou == official_scores(confusion).miou
+
+
+@contextlib.contextmanager
+def full_fp32_on_cuda():
+    """cuDNN convolutions in IEEE fp32 (PyTorch lets them use TF32 by default), so that CUDA and CPU agree to
+    rounding; restored afterwards."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", list_models())
+def test_cuda_gives_the_cpu_logits(name):
+    """The same weights in eval mode give the same logits on the GPU as on the CPU (fp32, channels-last there)."""
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=7, **model_spec(name).test_options).eval()
+    images = torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8)
+    with torch.no_grad(), full_fp32_on_cuda():
+        expected = model(images)
+        model.cuda().to(memory_format=torch.channels_last)
+        logits = model(images.cuda().contiguous(memory_format=torch.channels_last)).cpu()
+    torch.testing.assert_close(logits, expected, rtol=1e-3, atol=1e-3 * expected.abs().max().item())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", list_models())
+def test_cuda_bf16_channels_last_training_step(name):
+    """A training step as the engine takes it on a GPU (bf16 autocast, channels-last): finite fp32 logits out of
+    the model, finite gradients on every parameter, and bf16 logits within rounding of the fp32 ones."""
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=7, **model_spec(name).test_options).cuda()
+    model.to(memory_format=torch.channels_last).train()
+    images = torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8).cuda()
+    images = images.contiguous(memory_format=torch.channels_last)
+    target = torch.randint(0, 7, (2, 64, 96)).cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        outputs = model(images, return_aux=True) if has_aux_head(model) else (model(images),)
+    for logits in outputs:
+        assert logits.shape == (2, 7, 64, 96) and torch.isfinite(logits).all()
+    sum(torch.nn.functional.cross_entropy(logits.float(), target) for logits in outputs).backward()
+    for param_name, param in model.named_parameters():
+        assert param.grad is not None and torch.isfinite(param.grad).all(), param_name
+    model.eval()
+    with torch.no_grad():
+        fp32 = model(images)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            bf16 = model(images).float()
+    # bf16 keeps 8 significant bits: a few per cent of the logits' spread after a deep net; garbage is far off
+    assert (bf16 - fp32).abs().mean() < 0.1 * fp32.std()

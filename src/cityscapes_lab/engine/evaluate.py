@@ -43,33 +43,52 @@ def label_ids_of(predictions: np.ndarray, protocol: str) -> np.ndarray:
     return (PAPER_TO_LABELID if protocol == "paper" else TRAINID_TO_LABELID)[predictions]
 
 
+class SplitScorer:
+    """The scores of a split's predictions taken chunk by chunk (``add``), so that no caller needs to hold the
+    predictions of a whole split (2975 full-resolution images are 5.8 GB). ``image_area``: pixels of a whole
+    stored image, where the predictions cover a crop of it (the iIoU weights instances by their size at the
+    stored resolution)."""
+
+    def __init__(self, name: str, protocol: str, image_area: int | None = None) -> None:
+        self.name, self.protocol, self.image_area = name, protocol, image_area
+        self.confusion = ConfusionMatrix()
+        self.instances: InstanceStats | None = None
+        self.accuracy: list[np.ndarray] = []
+        self.iou: list[np.ndarray] = []
+
+    def add(self, predicted: np.ndarray, labels: np.ndarray, instance_ids: np.ndarray | None = None) -> None:
+        """Count (n, H, W) predictions (paper indices or trainIds, by protocol) against their labels and,
+        where the split has them, instance ids."""
+        label_ids = label_ids_of(predicted, self.protocol)
+        self.confusion.add(label_ids, label_ids_of(labels, self.protocol))
+        if instance_ids is not None:
+            if self.instances is None:
+                height, width = predicted.shape[1:]
+                self.instances = InstanceStats(area_scale=(self.image_area or height * width) / FULL_IMAGE_AREA)
+            for prediction, instances in zip(label_ids, instance_ids):
+                self.instances.add(prediction, instances)
+        if self.protocol == "paper":
+            part = paper_scores(predicted, labels, PAPER_NUM_CLASSES)
+            self.accuracy.append(part.pixel_accuracy)
+            self.iou.append(part.iou)
+
+    def result(self) -> SplitScores:
+        paper = PaperScores(np.concatenate(self.accuracy), np.concatenate(self.iou)) if self.accuracy else None
+        return SplitScores(self.name, official_scores(self.confusion, self.instances), paper)
+
+
 def score_split(predictions: np.ndarray, split: SplitArrays, protocol: str, chunk: int = 64,
                 image_area: int | None = None) -> SplitScores:
     """Scores of (N, H, W) predictions (paper indices or trainIds, by protocol) against a labeled split, read
-    ``chunk`` images at a time. ``image_area``: pixels of a whole stored image, where the predictions cover a crop
-    of it (the iIoU weights instances by their size at the stored resolution)."""
+    ``chunk`` images at a time (``SplitScorer``)."""
     if split.labels is None:
         raise DataError(f"split {split.name!r} has no labels to score against")
-    confusion = ConfusionMatrix()
-    instances = None
-    if split.instances is not None:
-        height, width = predictions.shape[1:]
-        instances = InstanceStats(area_scale=(image_area or height * width) / FULL_IMAGE_AREA)
-    accuracy, iou = [], []
+    scorer = SplitScorer(split.name, protocol, image_area)
     for start in range(0, len(predictions), chunk):
         rows = slice(start, start + chunk)
-        predicted, labels = predictions[rows], np.asarray(split.labels[rows])
-        label_ids = label_ids_of(predicted, protocol)
-        confusion.add(label_ids, label_ids_of(labels, protocol))
-        if instances is not None:
-            for prediction, instance_ids in zip(label_ids, np.asarray(split.instances[rows])):
-                instances.add(prediction, instance_ids)
-        if protocol == "paper":
-            part = paper_scores(predicted, labels, PAPER_NUM_CLASSES)
-            accuracy.append(part.pixel_accuracy)
-            iou.append(part.iou)
-    paper = PaperScores(np.concatenate(accuracy), np.concatenate(iou)) if protocol == "paper" else None
-    return SplitScores(split.name, official_scores(confusion, instances), paper)
+        scorer.add(predictions[rows], np.asarray(split.labels[rows]),
+                   None if split.instances is None else np.asarray(split.instances[rows]))
+    return scorer.result()
 
 
 class _Cropped:
@@ -95,20 +114,34 @@ def cropped(split: SplitArrays, protocol) -> SplitArrays:
                        None if split.instances is None else _Cropped(split.instances, protocol))
 
 
+class FullResolutionScorer:
+    """Official scores with predictions upsampled (nearest) to the original ground truth of the raw download,
+    taken chunk by chunk (``add``) as ``SplitScorer``."""
+
+    def __init__(self, raw: Path, protocol: str, split: str = "val") -> None:
+        self.index, self.protocol, self.split = open_raw(raw), protocol, split
+        self.confusion, self.instances = ConfusionMatrix(), InstanceStats()
+
+    def add(self, predictions: np.ndarray, ids: list[str]) -> None:
+        for prediction, image_id in zip(label_ids_of(predictions, self.protocol), ids):
+            frame = find_frame_id(image_id)
+            label = self.index.decode(annotation_path(self.split, frame, "labelIds.png"))
+            full = cv2.resize(prediction, (label.shape[1], label.shape[0]), interpolation=cv2.INTER_NEAREST)
+            self.confusion.add(full, label)
+            instance_path = annotation_path(self.split, frame, "instanceIds.png")
+            if instance_path in self.index.files:
+                self.instances.add(full, self.index.decode(instance_path))
+
+    def result(self) -> OfficialScores:
+        return official_scores(self.confusion, self.instances if self.instances.seen else None)
+
+
 def score_full_resolution(predictions: np.ndarray, ids: list[str], protocol: str, raw: Path,
                           split: str = "val") -> OfficialScores:
-    """Official scores with predictions upsampled (nearest) to the original ground truth of the raw download."""
-    index = open_raw(raw)
-    confusion, instances = ConfusionMatrix(), InstanceStats()
-    for prediction, image_id in zip(label_ids_of(predictions, protocol), ids):
-        frame = find_frame_id(image_id)
-        label = index.decode(annotation_path(split, frame, "labelIds.png"))
-        full = cv2.resize(prediction, (label.shape[1], label.shape[0]), interpolation=cv2.INTER_NEAREST)
-        confusion.add(full, label)
-        instance_path = annotation_path(split, frame, "instanceIds.png")
-        if instance_path in index.files:
-            instances.add(full, index.decode(instance_path))
-    return official_scores(confusion, instances if instances.seen else None)
+    """Official scores of (N, H, W) predictions at the original resolution (``FullResolutionScorer``)."""
+    scorer = FullResolutionScorer(raw, protocol, split)
+    scorer.add(predictions, ids)
+    return scorer.result()
 
 
 def write_predictions(folder: Path, predictions: np.ndarray, ids: list[str], protocol: str,

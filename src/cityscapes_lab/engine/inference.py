@@ -102,6 +102,21 @@ def predict_with(model: nn.Module, images: np.ndarray, protocol: InferenceProtoc
         out[rows] = scores.argmax(dim=1).to(torch.uint8).cpu().numpy()
     return out
 
+
+def predicted_chunks(model: nn.Module, images: np.ndarray, runtime: Runtime, protocol: InferenceProtocol | None = None,
+                     num_classes: int = 0, chunk: int = 64) -> Iterator[tuple[slice, np.ndarray]]:
+    """Predicted classes of consecutive chunks of at most ``chunk`` images with the slice of images they cover:
+    ``predict`` or, with a protocol, ``predict_with``. A caller that scores or writes each chunk then holds one
+    chunk of images and predictions at a time, whatever the size of the split."""
+    for start in range(0, len(images), chunk):
+        rows = slice(start, min(start + chunk, len(images)))
+        block = np.asarray(images[rows])
+        if protocol is None:
+            yield rows, predict(model, block, runtime)
+        else:
+            yield rows, predict_with(model, block, protocol, num_classes, runtime)
+
+
 Scores = Callable[[torch.Tensor], torch.Tensor]
 Windowed = Callable[[Scores, torch.Tensor], torch.Tensor]  # scores of a view: whole, or windows averaged
 

@@ -7,11 +7,10 @@ import torch
 from torch import nn
 
 from ..data.prepared import SplitArrays
-from ..labels import TRAINID_TO_LABELID
 from ..metrics.official import ConfusionMatrix, official_scores
 from ..metrics.paper import soft_iou_sums
-from .evaluate import score_split
-from .inference import predict, predict_logits
+from .evaluate import label_ids_of
+from .inference import predict_logits, predicted_chunks
 from .losses import pixel_cross_entropy
 from .runtime import Runtime
 from .sources import EvalNetBatches
@@ -36,16 +35,16 @@ def validation_soft_iou(model: nn.Module, images: np.ndarray, labels: np.ndarray
 
 
 def official_miou(model: nn.Module, split: SplitArrays, protocol: str, runtime: Runtime) -> float:
-    """The official 19-class mIoU of a split; under DDP each process predicts its share and the counts are
-    summed."""
-    if runtime.world_size == 1:
-        return score_split(predict(model, split.images, runtime), split, protocol).official.miou
-    rows = np.arange(runtime.rank, len(split), runtime.world_size)
+    """The official 19-class mIoU of a split, predicted and counted a chunk of images at a time; under DDP each
+    process predicts its share and the counts are summed."""
+    mine = np.arange(runtime.rank, len(split), runtime.world_size)
+    images = split.images
+    if runtime.world_size > 1:
+        images = images.subset(mine) if hasattr(images, "subset") else images[mine]
     confusion = ConfusionMatrix()
-    if len(rows):
-        images = split.images.subset(rows) if hasattr(split.images, "subset") else split.images[rows]
-        predicted = predict(model, images, runtime)
-        confusion.add(TRAINID_TO_LABELID[predicted], TRAINID_TO_LABELID[np.asarray(split.labels[rows])])
+    for rows, predicted in predicted_chunks(model, images, runtime):
+        labels = np.asarray(split.labels[mine[rows]])
+        confusion.add(label_ids_of(predicted, protocol), label_ids_of(labels, protocol))
     return official_scores(confusion.all_reduce()).miou
 
 

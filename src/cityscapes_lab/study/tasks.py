@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .. import atomic
@@ -18,8 +19,8 @@ from ..data.arrays import load_arrays
 from ..data.augment import AugmentParams
 from ..data.prepared import PreparedData, SplitArrays, load_prepared
 from ..engine import kinds
-from ..engine.evaluate import cropped, score_full_resolution, score_split, write_predictions
-from ..engine.inference import predict, predict_with
+from ..engine.evaluate import FullResolutionScorer, SplitScorer, cropped, write_predictions
+from ..engine.inference import predicted_chunks
 from ..engine.runtime import Runtime, cpu_threads
 from ..engine.train import FitResult, TrainingDiverged, train
 from ..models.registry import architecture_options, model_spec, training_model
@@ -170,7 +171,8 @@ def _train(model: torch.nn.Module, data: PreparedData, task: TrainingTask, confi
 def score_model(model: torch.nn.Module, data: PreparedData, task: TrainingTask, runtime: Runtime
                 ) -> dict[str, dict[str, float]]:
     """Both metric families on every eval split the prepared data has (splits without labels are skipped); on the
-    standard protocol under the task's evaluation rule."""
+    standard protocol under the task's evaluation rule. Predicted, written and scored a chunk of images at a time,
+    so that memory does not grow with the split."""
     scores = {}
     rule = None
     if data.protocol == "standard" and task.eval_rule != "whole":
@@ -181,20 +183,26 @@ def score_model(model: torch.nn.Module, data: PreparedData, task: TrainingTask, 
         if name not in data.splits or not (data.has_labels(name) or task.predictions_dir):
             continue
         split = data.split(name)
-        if rule is None:
-            predictions = predict(model, split.images, runtime)
-        else:
-            predictions = predict_with(model, split.images, rule, data.num_classes, runtime)
-            split = cropped(split, rule)
-        if task.predictions_dir:
-            write_predictions(Path(task.predictions_dir) / name, predictions, split.ids, data.protocol,
-                              tuple(data.meta["source"]["original_size"]))
-        if split.labels is None:
+        scored = split if rule is None else cropped(split, rule)
+        scorer = None if split.labels is None else SplitScorer(name, data.protocol, data.size[0] * data.size[1])
+        full = None
+        if (scorer is not None and task.full_resolution and data.meta["sources"].get("val")
+                and set(split.ids) <= set(data.meta["sources"]["val"]["ids"])):
+            full = FullResolutionScorer(Path(data.meta["source"]["path"]), data.protocol)
+        for rows, predictions in predicted_chunks(model, split.images, runtime, rule, data.num_classes):
+            ids = split.ids[rows]
+            if task.predictions_dir:
+                write_predictions(Path(task.predictions_dir) / name, predictions, ids, data.protocol,
+                                  tuple(data.meta["source"]["original_size"]))
+            if scorer is not None:
+                scorer.add(predictions, np.asarray(scored.labels[rows]),
+                           None if scored.instances is None else np.asarray(scored.instances[rows]))
+            if full is not None:
+                full.add(predictions, ids)
+        if scorer is None:
             continue
-        result = score_split(predictions, split, data.protocol, image_area=data.size[0] * data.size[1])
-        if task.full_resolution and data.meta["sources"].get("val") and set(split.ids) <= set(
-                data.meta["sources"]["val"]["ids"]):
-            full = score_full_resolution(predictions, split.ids, data.protocol, Path(data.meta["source"]["path"]))
-            result = type(result)(result.split, result.official, result.paper, full)
+        result = scorer.result()
+        if full is not None:
+            result = replace(result, full_resolution=full.result())
         scores[name] = {k: float(v) for k, v in result.summary().items()}
     return scores
