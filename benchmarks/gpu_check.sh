@@ -101,7 +101,7 @@ pytest_gpu() {
   "$PY" -m pytest -m gpu -q -p no:cacheprovider tests || return $?
 }
 export -f pytest_gpu
-stage "pytest -m gpu" 60 "" bash -c pytest_gpu
+stage "pytest -m gpu" 90 "" bash -c pytest_gpu
 
 # study_row RUNS JSON WHAT: the finished study in RUNS as one row of the table (its trainings' statuses, mean val
 # mIoU, report files) in JSON; fails unless some trainings are done, none failed, and the report was written

@@ -106,7 +106,7 @@ class _Worker:
     in_flight: collections.deque = dataclasses.field(default_factory=collections.deque)  # its tasks, oldest first
 
 
-def _start_worker(siblings: list[_Worker], fork: bool) -> _Worker:
+def _start_worker(siblings: list[_Worker], fork: bool, env: dict[str, str] | None = None) -> _Worker:
     task_read, task_write = os.pipe()
     result_read, result_write = os.pipe()
     parent = os.getpid()
@@ -124,7 +124,7 @@ def _start_worker(siblings: list[_Worker], fork: bool) -> _Worker:
         process = _Forked(pid)
     else:
         package_root = str(Path(__file__).resolve().parent.parent)
-        env = {**os.environ,
+        env = {**os.environ, **(env or {}),
                "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
         try:
             process = subprocess.Popen(

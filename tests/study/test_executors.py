@@ -38,9 +38,15 @@ def serial_scores(tiny_paper, tmp_path_factory):
 @pytest.fixture(scope="module")
 def ray_instance():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    # one GPU declared (none is here): tasks that ask for a share of one are scheduled, and told their share
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     yield ray
     ray.shutdown()
+
+
+def gpu_shares(out) -> set[float]:
+    """The GPU shares the study's trainings ran with (each one's ``worker.json``)."""
+    return {json.loads(p.read_text())["gpu_share"] for p in out.glob("models/**/worker.json")}
 
 
 def test_local_processes_give_the_serial_scores(tiny_paper, tmp_path, serial_scores):
@@ -48,6 +54,7 @@ def test_local_processes_give_the_serial_scores(tiny_paper, tmp_path, serial_sco
                         executor="local", parallel=2)
     assert (summary.trained, summary.failed) == (6, 0)
     assert scores(tmp_path / "study") == serial_scores
+    assert gpu_shares(tmp_path / "study") == {0.5}  # on a GPU, each of the 2 processes takes half its memory
 
 
 def test_ray_gives_the_serial_scores_and_retries_a_killed_worker(tiny_paper, tmp_path, serial_scores, ray_instance):
@@ -82,9 +89,12 @@ def test_ray_gives_the_serial_scores_and_retries_a_killed_worker(tiny_paper, tmp
     assert scores(out) == scores(clean)
     history = (victim / "history.csv").read_text().splitlines()
     assert len(history) == 1 + 6
-    third = tmp_path / "ray-im"
-    run_study(tiny_paper, third, ["im"], load_config(overrides=TINY), show_progress=False, executor="ray")
+    assert gpu_shares(out) == {1.0}
+    third = tmp_path / "ray-im"  # a share of the declared GPU each: the tasks are told it (they train on the CPU)
+    run_study(tiny_paper, third, ["im"], load_config(overrides=TINY), show_progress=False, executor="ray",
+              gpus_per_task=0.5)
     assert scores(third) == serial_scores
+    assert gpu_shares(third) == {0.5}
 
 
 def test_driver_killed_while_two_tasks_run_then_continued(tiny_paper, tmp_path):

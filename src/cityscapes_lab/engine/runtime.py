@@ -63,6 +63,29 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+#: set by an executor that runs several tasks on one GPU: each process's share of it (local: 1/N; Ray: the
+#: task's --gpus-per-task)
+GPU_SHARE_ENV = "CITYSCAPES_LAB_GPU_SHARE"
+
+
+def gpu_share() -> float:
+    """This process's share of its GPU (``GPU_SHARE_ENV``); 1.0 when it has the device to itself."""
+    try:
+        share = float(os.environ.get(GPU_SHARE_ENV, "1"))
+    except ValueError:
+        return 1.0
+    return share if 0 < share < 1 else 1.0
+
+
+def claim_gpu_share(device: torch.device) -> None:
+    """Cap this process's CUDA caching allocator at its share of the device's memory (less 5% for the processes'
+    CUDA contexts, which lie outside the cap), so that a task that outgrows its share fails alone with an
+    out-of-memory error instead of starving the tasks beside it. A no-op off CUDA or without a share."""
+    share = gpu_share()
+    if device.type == "cuda" and share < 1:
+        torch.cuda.set_per_process_memory_fraction(share * 0.95, device)
+
+
 def cpu_threads(requested: int = 0, processes: int = 1) -> int:
     """Threads for torch on the CPU: ``requested``, or (0) this process's share of the cores it may use when
     ``processes`` training processes share them, so that our own processes never oversubscribe the machine.
@@ -126,8 +149,10 @@ class Runtime:
     @classmethod
     def from_config(cls, train: TrainConfig, device: torch.device | None = None, rank: int = 0,
                     world_size: int = 1) -> Runtime:
-        """The runtime the settings describe (ConfigError for a device or precision this machine lacks)."""
+        """The runtime the settings describe (ConfigError for a device or precision this machine lacks); on a
+        GPU shared with other tasks, this process takes only its share of the memory (``claim_gpu_share``)."""
         device = device if device is not None else resolve_device(train.device)
+        claim_gpu_share(device)
         return cls(device, resolve_precision(train.precision, device), train.channels_last, train.batch_size,
                    train.eval_batch_size, rank, world_size)
 

@@ -48,15 +48,17 @@ class SerialExecutor:
 
 class LocalExecutor:
     """``parallel`` worker processes of this machine (fresh interpreters that import only cityscapes-lab, and exit
-    with the driver), one task each at a time."""
+    with the driver), one task each at a time; on a GPU each takes 1/``parallel`` of its memory."""
 
     def __init__(self, parallel: int):
+        from ..engine.runtime import GPU_SHARE_ENV
         from ..parallel import _start_worker
 
         self.slots = parallel
         self._workers = []
+        share = {GPU_SHARE_ENV: f"{1 / parallel:.6g}"} if parallel > 1 else {}
         for _ in range(parallel):
-            self._workers.append(_start_worker(self._workers, fork=False))
+            self._workers.append(_start_worker(self._workers, fork=False, env=share))
         self._idle = list(self._workers)
         self._selector = selectors.DefaultSelector()
         self._count = 0
@@ -123,7 +125,9 @@ class RayExecutor:
         by_cpu = int(total.get("CPU", 1) // cpus_per_task) if cpus_per_task else 10_000
         by_gpu = int(total.get("GPU", 0) // gpus_per_task) if gpus_per_task else 10_000
         self.slots = max(1, min(by_cpu, by_gpu))
-        self._remote = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus_per_task, max_retries=retries)(perform)
+        self._remote = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus_per_task,
+                                  max_retries=retries)(_perform_on_gpu_share)
+        self.gpu_share = gpus_per_task if 0 < gpus_per_task < 1 else 1.0
         self._refs: set = set()  # the tasks submitted and not yet waited for
         self.cpus_per_task = cpus_per_task
 
@@ -133,7 +137,7 @@ class RayExecutor:
         return requested or max(1, int(self.cpus_per_task))
 
     def submit(self, task: Any) -> Any:
-        ref = self._remote.remote(task)
+        ref = self._remote.remote(task, self.gpu_share)
         self._refs.add(ref)
         return ref
 
@@ -151,6 +155,15 @@ class RayExecutor:
     def close(self) -> None:
         if self._started:
             self.ray.shutdown()
+
+
+def _perform_on_gpu_share(task: Any, share: float) -> Any:
+    """A Ray task: ``perform`` with the process's GPU share set to the GPUs Ray reserved for it (set on every task,
+    as Ray reuses its worker processes)."""
+    from ..engine.runtime import GPU_SHARE_ENV
+
+    os.environ[GPU_SHARE_ENV] = str(share)
+    return perform(task)
 
 
 def make_executor(name: str, parallel: int = 1, ray_address: str | None = None, cpus_per_task: float = 1.0,

@@ -21,7 +21,7 @@ from ..data.prepared import PreparedData, SplitArrays, load_prepared
 from ..engine import kinds
 from ..engine.evaluate import FullResolutionScorer, SplitScorer, cropped, write_predictions
 from ..engine.inference import predicted_chunks
-from ..engine.runtime import Runtime, cpu_threads
+from ..engine.runtime import Runtime, cpu_threads, gpu_share
 from ..engine.train import FitResult, TrainingDiverged, train
 from ..models.registry import architecture_options, model_spec, training_model
 from ..models.checkpoints import load_checkpoint, save_checkpoint
@@ -72,13 +72,13 @@ def open_train_set(data: PreparedData, train_set: str) -> SplitArrays:
 
 
 def note_worker(out: Path) -> None:
-    """``worker.json``: the host, process and torch threads running the task now (to find it; nothing reads it
-    back)."""
+    """``worker.json``: the host, process, torch threads and GPU share running the task now (to find it; nothing
+    reads it back)."""
     import os
     import socket
 
     atomic.write_json(out / "worker.json", {"host": socket.gethostname(), "pid": os.getpid(),
-                                            "threads": torch.get_num_threads()})
+                                            "threads": torch.get_num_threads(), "gpu_share": gpu_share()})
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,48 @@
+"""A process's share of a GPU that several tasks use at once: read from the executor's variable, claimed as a
+cap on the CUDA caching allocator."""
+
+import pytest
+import torch
+
+from cityscapes_lab.engine.runtime import GPU_SHARE_ENV, claim_gpu_share, gpu_share
+
+
+@pytest.mark.parametrize("value,share", [(None, 1.0), ("0.25", 0.25), ("0.5", 0.5), ("1", 1.0), ("2", 1.0),
+                                         ("0", 1.0), ("-0.5", 1.0), ("half", 1.0)])
+def test_the_share_is_the_executors_fraction_or_the_whole_device(monkeypatch, value, share):
+    if value is None:
+        monkeypatch.delenv(GPU_SHARE_ENV, raising=False)
+    else:
+        monkeypatch.setenv(GPU_SHARE_ENV, value)
+    assert gpu_share() == share
+
+
+def test_a_share_caps_the_allocator_on_cuda_only(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d: calls.append((f, d)))
+    monkeypatch.setenv(GPU_SHARE_ENV, "0.25")
+    claim_gpu_share(torch.device("cpu"))
+    assert calls == []
+    claim_gpu_share(torch.device("cuda", 1))
+    assert calls == [(pytest.approx(0.25 * 0.95), torch.device("cuda", 1))]  # 5% left for the CUDA contexts
+    monkeypatch.delenv(GPU_SHARE_ENV)
+    claim_gpu_share(torch.device("cuda"))
+    assert len(calls) == 1  # alone on the device: no cap
+
+
+@pytest.mark.gpu
+def test_a_process_that_outgrows_its_share_gets_an_out_of_memory_error(monkeypatch):
+    from cityscapes_lab.config import TrainConfig
+    from cityscapes_lab.engine.runtime import Runtime
+
+    total = torch.cuda.get_device_properties(0).total_memory
+    monkeypatch.setenv(GPU_SHARE_ENV, "0.02")
+    try:
+        runtime = Runtime.from_config(TrainConfig(device="cuda"))
+        small = torch.empty(int(total * 0.01), dtype=torch.uint8, device=runtime.device)
+        with pytest.raises(torch.cuda.OutOfMemoryError):
+            torch.empty(int(total * 0.03), dtype=torch.uint8, device=runtime.device)
+        del small
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, 0)
+        torch.cuda.empty_cache()
