@@ -18,7 +18,9 @@
 #   3. train_step                         benchmarks/train_step.py --steps 5 on cuda
 #   4. zoo                                hrnet_w48_ocr and upernet_internimage_l at 1024x2048, fp32 against bf16:
 #                                         time, peak memory, share of pixels whose class differs
-#   5. concurrent trainings               benchmarks/study_throughput.py --device cuda --parallel 1,2,4,8
+#   5. concurrent trainings               benchmarks/study_throughput.py --device cuda --parallel 1,2,4,8, with
+#                                         the hours of the full paper study at each rate (its images seen in
+#                                         training: the study's plan, made in the background from the start)
 #   6. batched group                      benchmarks/batched_group.py: K U-Nets as one stacked (grouped-conv)
 #                                         model against K separate steps, K = 1, 4, 8, fp32 and bf16
 #   7. DeepLabV3+ step                    benchmarks/deeplab_step.py: one supervised R50 step at crop 801,
@@ -42,7 +44,8 @@ if [ "${GPU_CHECK_REHEARSE:-0}" = 1 ]; then
   STUDY_SYNTH="--train 12 --val 4 --test 2 --size 512x256" STUDY_BATCH=4
   TRAIN_STEP_ARGS="--steps 1 --batch 2 --alphas 1 --rounds 1 --skip-compile"
   ZOO_ARGS="--size 64x128 --repeats 1"
-  CONCURRENT_ARGS="--executors serial,local --parallel 2 --train 8 --val 4 --size 256x128 --epochs 1 --batch 4"
+  CONCURRENT_ARGS="--executors serial,local --parallel 2 --train 8 --val 4 --size 256x128 --epochs 2 --batch 4"
+  PLAN_SYNTH="--train 40 --val 10 --test 0"
   BATCHED_ARGS="--groups 1,2 --steps 1 --batch 2"
   DEEPLAB_ARGS="--crop 129 --batch 2 --steps 1"
 else
@@ -58,6 +61,7 @@ else
   TRAIN_STEP_ARGS="--steps 5"
   ZOO_ARGS="--size 1024x2048 --repeats 3"
   CONCURRENT_ARGS="--parallel 1,2,4,8"
+  PLAN_SYNTH="--train 2975 --val 500 --test 0"  # the split sizes of the real download
   BATCHED_ARGS="--groups 1,4,8 --steps 3"
   DEEPLAB_ARGS="--steps 3"
 fi
@@ -95,6 +99,21 @@ stage() {
     >> "$WORK/stages.tsv"
   echo "[$name] exit $rc after $((SECONDS - began)) s"
 }
+
+# the full paper study's images seen in training: its plan on stand-in data of the real split sizes (small
+# images: the plan counts images, not pixels), in the background, for the projection of stage 5
+full_plan() {
+  local dir="$WORK/full-plan"
+  # shellcheck disable=SC2086
+  "$PY" -m cityscapes_lab synth "$dir/raw" $PLAN_SYNTH --size 256x128 --seed 0 || return $?
+  "$PY" -m cityscapes_lab prepare --raw "$dir/raw" --out "$dir/prepared" --protocol paper || return $?
+  "$PY" -m cityscapes_lab study --data "$dir/prepared" --out "$dir/runs" --plan --throughput 1 \
+    --approaches fdt,ldt,aldt,cl,me,ie,ns,im,evalnet,im+,im++,aim+,aim++ > "$WORK/full-plan.txt" || return $?
+  sed -n 's/.* trainings; \([0-9,]*\) images seen in training.*/\1/p' "$WORK/full-plan.txt" | tr -d , \
+    > "$WORK/full-plan-images"
+}
+full_plan > "$WORK/full-plan.log" 2>&1 &
+PLAN_PID=$!
 
 # 1. the CUDA-only tests
 pytest_gpu() {
@@ -172,7 +191,10 @@ stage "train_step" 120 "$WORK/bench/RESULTS.md" "$PY" "$WORK/bench/train_step.py
 stage "zoo fp32 vs bf16" 80 "$WORK/zoo.json" "$PY" benchmarks/gpu_concurrent.py zoo \
   --models hrnet_w48_ocr,upernet_internimage_l $ZOO_ARGS --device "$DEVICE" --cache "$CACHE" --json "$WORK/zoo.json"
 
-# 5. concurrent trainings sharing the device (at most 150 s)
+# 5. concurrent trainings sharing the device (at most 150 s), and the full study's hours at their rates
+wait "$PLAN_PID" || echo "gpu_check: the full study's plan failed (see $WORK/full-plan.log); no projection"
+FULL_IMAGES=$(cat "$WORK/full-plan-images" 2>/dev/null)
+[ -n "$FULL_IMAGES" ] && CONCURRENT_ARGS="$CONCURRENT_ARGS --full-study-images $FULL_IMAGES"
 # shellcheck disable=SC2086
 stage "concurrent trainings" 150 "$WORK/throughput.json" "$PY" benchmarks/study_throughput.py --device "$DEVICE" \
   $CONCURRENT_ARGS --cache "$CACHE" --json "$WORK/throughput.json" --no-record
@@ -192,7 +214,8 @@ stage "deeplabv3+ step" 45 "$WORK/deeplab.json" "$PY" benchmarks/deeplab_step.py
 if [ -n "${GPU_CHECK_OUT:-}" ]; then
   mkdir -p "$GPU_CHECK_OUT"
   cp benchmarks/RESULTS.md "$GPU_CHECK_OUT/RESULTS.md"
-  tar czf "$GPU_CHECK_OUT/gpu-check-logs.tgz" -C "$WORK" --exclude='./study' --exclude='./standard' . \
+  tar czf "$GPU_CHECK_OUT/gpu-check-logs.tgz" -C "$WORK" --exclude='./study' --exclude='./standard' \
+    --exclude='./full-plan' --exclude='./cache' . \
     && echo "gpu_check: RESULTS.md and the logs copied to $GPU_CHECK_OUT"
 fi
 echo "gpu_check: done in $((SECONDS - START)) s"

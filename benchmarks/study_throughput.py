@@ -8,16 +8,24 @@ results: only then can the three results databases be compared score for score. 
 serial executor with all cores (the default thread count), whose scores differ in the last digits.
 
 On a GPU (--device cuda) it runs the local executor once per --parallel value (e.g. 1,2,4,8 concurrent
-trainings sharing the device) on LDT models alone (as many as the largest value, so every level runs full) and
-reports trainings per hour for each, and whether NVIDIA MPS is on.
+trainings sharing the device) on FDT models alone (as many as that value: one wave of trainings that all run at
+once) and reports trainings per hour for each, and whether NVIDIA MPS is on.
+
+Every row also gives the steady rate of one training (images of an epoch over the median seconds of its epochs
+after the first, which holds the warm-up; the baseline trainings, whose set size is known), the rate of all the
+tasks at once (that times the tasks running at once), and with --full-study-images (the images seen in training
+of a study's plan, ``study --plan``) the hours of that study at the rate of all at once: training steps only,
+evaluation and pseudo-labelling not counted.
 
     python benchmarks/study_throughput.py [--executors serial,local,ray,serial-all] [--parallel 2]
     python benchmarks/study_throughput.py --device cuda --parallel 1,2,4,8 [--json rows.json] [--no-record]
+        [--full-study-images 371926500]
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import os
@@ -78,6 +86,23 @@ def training_seconds(database: Path) -> list[float]:
         db.close()
 
 
+#: the training set of each baseline whose steady rate is measured
+BASELINE_SETS = {"fdt": "train_full", "ldt": "train_labeled"}
+
+
+def steady_rate(out: Path, data: Path, approach: str) -> float | None:
+    """Images per second of one training in its steady state: the median over the baseline's finished trainings
+    of (images of an epoch) / (median seconds of its epochs after the first); None without a second epoch."""
+    images = len(cityscapes_lab.load_prepared(data).splits[BASELINE_SETS[approach]])
+    rates = []
+    for history in sorted(out.glob(f"models/{approach}/run1/gen0/m*/history.csv")):
+        with history.open() as rows:
+            seconds = [float(row["seconds"]) for row in csv.DictReader(rows)][1:]
+        if seconds:
+            rates.append(images / statistics.median(seconds))
+    return statistics.median(rates) if rates else None
+
+
 def compare(reference: dict, other: dict) -> str:
     if reference == other:
         return f"identical ({sum(k[0] == 'score' for k in reference)} scores)"
@@ -126,6 +151,8 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path(__file__).parents[1] / ".bench")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows and notes as JSON here")
     parser.add_argument("--no-record", action="store_true", help="print the table, do not append it to RESULTS.md")
+    parser.add_argument("--full-study-images", type=int, default=None,
+                        help="images seen in training of a study's plan (study --plan): its hours at each row's rate")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a time limit: clean up as after Ctrl-C
     cuda = args.device == "cuda"
@@ -149,10 +176,9 @@ def main() -> None:
     width, height = map(int, (args.size or ("2048x1024" if cuda else "512x256")).lower().split("x"))
     epochs = args.epochs or (10 if cuda else 6)
     batch = args.batch or (32 if cuda else 8)
-    approaches = ["ldt"] if cuda else ["ldt", "im"]
-    models = max(levels) if cuda else 4
-    common = ["study.runs=1", f"study.models={models}", f"train.epochs={epochs}", f"train.batch_size={batch}",
-              f"train.device={args.device}"]
+    approaches = ["fdt"] if cuda else ["ldt", "im"]
+    measured = approaches[0]  # the baseline whose steady rate is measured
+    common = ["study.runs=1", f"train.epochs={epochs}", f"train.batch_size={batch}", f"train.device={args.device}"]
     if not cuda:
         common += ["semisup.students=2", "semisup.generations=2", "semisup.n=2", "train.precision=fp32"]
 
@@ -170,7 +196,8 @@ def main() -> None:
             executor, _, parallel = name.partition(":")
             parallel = int(parallel or 1)
             run_threads = cores if name == "serial-all" else threads
-            config = load_config(overrides=common + [f"train.threads={run_threads}"])
+            models = parallel if cuda else 4  # on a GPU one wave: every training runs beside the others
+            config = load_config(overrides=common + [f"study.models={models}", f"train.threads={run_threads}"])
             out = work / name.replace(":", "-")
             if executor == "ray":
                 import ray
@@ -203,6 +230,9 @@ def main() -> None:
             database = out / "results.sqlite"
             scores = scores_of(database)
             per_training = training_seconds(database)
+            at_once = {"serial": 1, "local": parallel, "ray": cores}[executor]
+            rate_one = steady_rate(out, data, measured)
+            rate_all = rate_one * at_once if rate_one else None
             if baseline_rate is None:
                 baseline_rate = rate
                 reference_scores = scores
@@ -212,15 +242,22 @@ def main() -> None:
             results[label] = same
             rows.append([label, run_threads, f"{summary.trained} done, {summary.failed} failed", f"{seconds:.1f}",
                          f"{rate:.0f}", f"{rate / baseline_rate:.2f}x",
-                         f"{statistics.median(per_training):.1f}" if per_training else "-", others, same])
+                         f"{statistics.median(per_training):.1f}" if per_training else "-",
+                         f"{rate_one:.1f}" if rate_one else "-", f"{rate_all:.1f}" if rate_all else "-"]
+                        + ([f"{args.full_study_images / rate_all / 3600:.1f}" if rate_all else "-"]
+                           if args.full_study_images else []) + [others, same])
             print(rows[-1], flush=True)
             shutil.rmtree(out, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
+    prepared = cityscapes_lab.load_prepared(data)
+    size = "x".join(map(str, prepared.size))
     header = ["executor", "train.threads", "trainings", "wall s", "trainings / hour", "vs first row",
-              "median s per training", "cores busy elsewhere at start", "scores vs first row"]
-    what = ("LDT, 1 run, %d models" % models) if cuda else \
+              "median s per training", f"{measured.upper()} images/s per training (steady)", "images/s all at once"] \
+        + ([f"full study h at {size}"] if args.full_study_images else []) \
+        + ["cores busy elsewhere at start", "scores vs first row"]
+    what = "FDT, 1 run, as many models as tasks at once" if cuda else \
         "LDT + IM (n = 2), 1 run, 4 LDT models, 2 students x 2 generations"
     notes.append(f"{what}: {epochs} epochs, batch {batch}, {args.device}, "
                  f"{'precision auto (bf16 autocast)' if cuda else 'fp32'}; stand-in data {width}x{height} -> paper "
@@ -235,6 +272,10 @@ def main() -> None:
     if ray_started is not None:
         notes.append(f"ray.init of the local instance (127.0.0.1, not counted in the row): {ray_started:.1f} s; "
                      f"ray {__import__('ray').__version__}.")
+    if args.full_study_images:
+        notes.append(f"full study: {args.full_study_images:,} images seen in training (its plan) at the rate of all "
+                     f"the tasks at once, {size} images: training steps only (evaluation and pseudo-labelling not "
+                     "counted); the paper's study is 416x208.")
     if cuda:
         notes.append(f"MPS: {mps_state()}.")
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []

@@ -38,6 +38,7 @@ def test_every_stage_runs_and_reports_in_a_cpu_rehearsal(tmp_path):
     failed = {stage: status for stage, status in statuses.items() if not status.startswith("ok")}
     assert not failed, run.stdout[-4000:]
     assert "trainings: 4 done" in run.stdout and "identical" in run.stdout  # the study rows, executors' scores
+    assert "full study h at 64x32" in run.stdout  # the projection from the plan made in the background
     assert (tmp_path / "out" / "gpu-check-logs.tgz").stat().st_size > 0
     assert hashlib.sha256(results.read_bytes()).hexdigest() == before  # a rehearsal records nothing
 
