@@ -46,7 +46,9 @@ case "${1:-}" in
     "$PYTHON" -c 'import torch' 2>/dev/null \
       || { echo "gpu_env: $PYTHON has no torch; set PYTHON to the image's python that has it" >&2; exit 2; }
     rm -rf .venv
-    "$PYTHON" -m venv .venv
+    # without pip of its own (ensurepip may be missing there): the image's pip, seen through the .pth file
+    # below, installs into the venv
+    "$PYTHON" -m venv --without-pip .venv
     # the image's packages after the venv's own (a .pth file appends its lines to sys.path), so that the
     # wheels installed below take precedence; works whether $PYTHON is a venv's python or the system's
     site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
