@@ -90,10 +90,10 @@ def training_seconds(database: Path) -> list[float]:
 BASELINE_SETS = {"fdt": "train_full", "ldt": "train_labeled"}
 
 
-def steady_rate(out: Path, data: Path, approach: str) -> float | None:
+def steady_rate(out: Path, approach: str, images: int) -> float | None:
     """Images per second of one training in its steady state: the median over the baseline's finished trainings
-    of (images of an epoch) / (median seconds of its epochs after the first); None without a second epoch."""
-    images = len(cityscapes_lab.load_prepared(data).splits[BASELINE_SETS[approach]])
+    of ``images`` (its set: those of an epoch) / (median seconds of its epochs after the first); None without a
+    second epoch."""
     rates = []
     for history in sorted(out.glob(f"models/{approach}/run1/gen0/m*/history.csv")):
         with history.open() as rows:
@@ -185,6 +185,9 @@ def main() -> None:
     start = time.perf_counter()
     data = stand_in_data(args.cache, train, args.val, (width, height), workers=cores)
     print(f"stand-in data ready in {data} ({time.perf_counter() - start:.1f} s)", flush=True)
+    prepared = cityscapes_lab.load_prepared(data)
+    size = "x".join(map(str, prepared.size))
+    measured_images = len(prepared.splits[BASELINE_SETS[measured]])
 
     rows, results, notes = [], {}, []
     baseline_rate = None
@@ -231,7 +234,7 @@ def main() -> None:
             scores = scores_of(database)
             per_training = training_seconds(database)
             at_once = {"serial": 1, "local": parallel, "ray": cores}[executor]
-            rate_one = steady_rate(out, data, measured)
+            rate_one = steady_rate(out, measured, measured_images)
             rate_all = rate_one * at_once if rate_one else None
             if baseline_rate is None:
                 baseline_rate = rate
@@ -251,8 +254,6 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    prepared = cityscapes_lab.load_prepared(data)
-    size = "x".join(map(str, prepared.size))
     header = ["executor", "train.threads", "trainings", "wall s", "trainings / hour", "vs first row",
               "median s per training", f"{measured.upper()} images/s per training (steady)", "images/s all at once"] \
         + ([f"full study h at {size}"] if args.full_study_images else []) \

@@ -251,14 +251,12 @@ def test_single_scale_whole_and_slide_are_the_softmax_of_the_logits():
 ], ids=["hrnet-ms-flip", "mmseg-ms-flip", "slide", "slide-unimatch"])
 def test_cuda_gives_the_cpu_scores(protocol):
     """Every rule on the GPU (channels-last, fp32 without TF32) gives the CPU's score maps."""
+    from cuda_precision import full_fp32_on_cuda
+
     from cityscapes_lab.engine.runtime import Runtime
 
     model, images = ToyNet(), random_images((2, 37, 53, 3))
     expected = infer(model, images, protocol, CLASSES)
-    saved = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    try:
+    with full_fp32_on_cuda():
         scores = infer(model.cuda(), images, protocol, CLASSES, Runtime(torch.device("cuda"))).cpu()
-    finally:
-        torch.backends.cudnn.allow_tf32 = saved
     assert_same_scores(scores, expected)

@@ -1,9 +1,8 @@
 """Every registered model: shape, gradients, finiteness; the study's U-Net: size, initialisation, layout."""
 
-import contextlib
-
 import pytest
 import torch
+from cuda_precision import full_fp32_on_cuda
 
 from cityscapes_lab.engine.steps import has_aux_head
 from cityscapes_lab.errors import ConfigError
@@ -169,18 +168,6 @@ def test_every_path_into_a_model_gives_the_classes_of_a_direct_forward(name, raw
     confusion.add(label_ids_of(direct, 19), truth)
     scored = evaluate_on_raw(predictor, raw_small, "val", limit=1, show_progress=False)
     assert scored.scores.miou == official_scores(confusion).miou
-
-
-@contextlib.contextmanager
-def full_fp32_on_cuda():
-    """cuDNN convolutions in IEEE fp32 (PyTorch lets them use TF32 by default), so that CUDA and CPU agree to
-    rounding; restored afterwards."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 @pytest.mark.gpu

@@ -72,6 +72,11 @@ class SplitScorer:
             self.accuracy.append(part.pixel_accuracy)
             self.iou.append(part.iou)
 
+    def add_rows(self, predicted: np.ndarray, split: SplitArrays, rows: slice) -> None:
+        """``add`` the predictions of ``rows`` of a labeled split, with its labels and instance ids there."""
+        self.add(predicted, np.asarray(split.labels[rows]),
+                 None if split.instances is None else np.asarray(split.instances[rows]))
+
     def result(self) -> SplitScores:
         paper = PaperScores(np.concatenate(self.accuracy), np.concatenate(self.iou)) if self.accuracy else None
         return SplitScores(self.name, official_scores(self.confusion, self.instances), paper)
@@ -86,8 +91,7 @@ def score_split(predictions: np.ndarray, split: SplitArrays, protocol: str, chun
     scorer = SplitScorer(split.name, protocol, image_area)
     for start in range(0, len(predictions), chunk):
         rows = slice(start, start + chunk)
-        scorer.add(predictions[rows], np.asarray(split.labels[rows]),
-                   None if split.instances is None else np.asarray(split.instances[rows]))
+        scorer.add_rows(predictions[rows], split, rows)
     return scorer.result()
 
 

@@ -10,7 +10,6 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .. import atomic
@@ -195,8 +194,7 @@ def score_model(model: torch.nn.Module, data: PreparedData, task: TrainingTask, 
                 write_predictions(Path(task.predictions_dir) / name, predictions, ids, data.protocol,
                                   tuple(data.meta["source"]["original_size"]))
             if scorer is not None:
-                scorer.add(predictions, np.asarray(scored.labels[rows]),
-                           None if scored.instances is None else np.asarray(scored.instances[rows]))
+                scorer.add_rows(predictions, scored, rows)
             if full is not None:
                 full.add(predictions, ids)
         if scorer is None:
