@@ -9,25 +9,27 @@
 # and prints the table without recording it: a check of the script itself, which the test suite runs, so that
 # the rare hour on a GPU is not lost to a broken stage. GPU_CHECK_PYTHON: the interpreter (default .venv's).
 #
-# Stages, each with its own time limit (cut to what is left of the whole budget, GPU_CHECK_BUDGET seconds,
-# default 450), each run even when an earlier one failed:
-#   1. pytest -m gpu                      the CUDA-only tests
-#   2. study                              a tiny study end to end on cuda (synth, prepare, study --executor local
-#                                         --parallel 2, report), from the command line
-#   2b. standard study                    the semi-supervised benchmark's study (LDT + IM, DeepLabV3+) on cuda
-#   3. train_step                         benchmarks/train_step.py --steps 5 on cuda
-#   4. zoo                                hrnet_w48_ocr and upernet_internimage_l at 1024x2048, fp32 against bf16:
-#                                         time, peak memory, share of pixels whose class differs
-#   5. concurrent trainings               benchmarks/study_throughput.py --device cuda --parallel 1,2,4,8, with
-#                                         the hours of the full paper study at each rate (its images seen in
-#                                         training: the study's plan, made in the background from the start)
-#   6. batched group                      benchmarks/batched_group.py: K U-Nets as one stacked (grouped-conv)
+# Stages, in the order of what is still unmeasured (the figures the study's speed depends on first), each with
+# its own time limit (cut to what is left of the whole budget, GPU_CHECK_BUDGET seconds, default 450), each run
+# even when an earlier one failed; GPU_CHECK_STAGES=id,id runs only those (a rerun of what failed):
+#   concurrent   concurrent trainings     benchmarks/study_throughput.py --device cuda --parallel 1,2,4,8: trainings
+#                                         per hour and images/s all at once, MPS state
+#   batched      batched group            benchmarks/batched_group.py: K U-Nets as one stacked (grouped-conv)
 #                                         model against K separate steps, K = 1, 4, 8, fp32 and bf16
-#   7. DeepLabV3+ step                    benchmarks/deeplab_step.py: one supervised R50 step at crop 801,
+#   tests        pytest -m gpu            the CUDA-only tests
+#   study        study                    a tiny study end to end on cuda (synth, prepare, study --executor local
+#                                         --parallel 2, report), from the command line
+#   zoo          zoo                      hrnet_w48_ocr and upernet_internimage_l at 1024x2048, fp32 against bf16:
+#                                         time, peak memory, share of pixels whose class differs
+#   train-step   train_step               benchmarks/train_step.py --steps 5 on cuda
+#   standard     standard study           the semi-supervised benchmark's study (LDT + IM, DeepLabV3+) on cuda
+#   deeplab      DeepLabV3+ step          benchmarks/deeplab_step.py: one supervised R50 step at crop 801,
 #                                         batch 8, fp32 and bf16, and the projected time of one training
 # Then one table (stage, what, result, status) is printed and appended to benchmarks/RESULTS.md with the device
-# name. Without a CUDA device it prints one line and exits 0. The logs stay in a folder under $TMPDIR or /tmp
-# (named in the table's notes).
+# name, with the hours of the full paper study at each measured rate of concurrent trainings (its images seen in
+# training: the study's plan, made on the CPU in the background while the tests run, never beside a
+# measurement). Without a CUDA device it prints one line and exits 0. The logs stay in a folder under $TMPDIR or
+# /tmp (named in the table's notes).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,7 +46,7 @@ if [ "${GPU_CHECK_REHEARSE:-0}" = 1 ]; then
   STUDY_SYNTH="--train 12 --val 4 --test 2 --size 512x256" STUDY_BATCH=4
   TRAIN_STEP_ARGS="--steps 1 --batch 2 --alphas 1 --rounds 1 --skip-compile"
   ZOO_ARGS="--size 64x128 --repeats 1"
-  CONCURRENT_ARGS="--executors serial,local --parallel 2 --train 8 --val 4 --size 256x128 --epochs 2 --batch 4"
+  CONCURRENT_ARGS="--waves --parallel 1,2 --train 8 --val 4 --size 256x128 --epochs 2 --batch 4"  # the GPU layout
   PLAN_SYNTH="--train 40 --val 10 --test 0"
   BATCHED_ARGS="--groups 1,2 --steps 1 --batch 2"
   DEEPLAB_ARGS="--crop 129 --batch 2 --steps 1"
@@ -76,12 +78,16 @@ mkdir -p "$CACHE"
 echo "gpu_check on $DEVICE_NAME; logs in $WORK"
 export PY WORK DEVICE STUDY_SYNTH STUDY_BATCH
 
-# stage NAME WANTED_SECONDS DATA_FILE COMMAND...: run COMMAND with a time limit of WANTED_SECONDS or what is left
-# of the budget (keeping 15 s for the summary), its output in $WORK/NAME.log, one line in stages.tsv
-# (name, exit status, seconds, log, data file, limit); exit status 125: skipped for lack of time
+# stage ID NAME WANTED_SECONDS DATA_FILE COMMAND...: run COMMAND with a time limit of WANTED_SECONDS or what is
+# left of the budget (keeping 15 s for the summary), its output in $WORK/NAME.log, one line in stages.tsv
+# (name, exit status, seconds, log, data file, limit); exit status 125: skipped for lack of time. A stage whose
+# ID is not in GPU_CHECK_STAGES (when set) is left out.
 stage() {
-  local name=$1 wanted=$2 data=$3
-  shift 3
+  local id=$1 name=$2 wanted=$3 data=$4
+  shift 4
+  if [ -n "${GPU_CHECK_STAGES:-}" ] && [[ ",$GPU_CHECK_STAGES," != *",$id,"* ]]; then
+    return
+  fi
   local log="$WORK/${name// /_}.log" left=$((BUDGET - (SECONDS - START) - 15)) limit rc began
   wanted=$((wanted * LIMIT_SCALE))
   limit=$((wanted < left ? wanted : left))
@@ -101,7 +107,8 @@ stage() {
 }
 
 # the full paper study's images seen in training: its plan on stand-in data of the real split sizes (small
-# images: the plan counts images, not pixels), in the background, for the projection of stage 5
+# images: the plan counts images, not pixels); run in the background while the CUDA tests run, for the summary's
+# projection of the concurrent trainings' rates
 full_plan() {
   local dir="$WORK/full-plan"
   # shellcheck disable=SC2086
@@ -112,15 +119,31 @@ full_plan() {
   sed -n 's/.* trainings; \([0-9,]*\) images seen in training.*/\1/p' "$WORK/full-plan.txt" | tr -d , \
     > "$WORK/full-plan-images"
 }
-full_plan > "$WORK/full-plan.log" 2>&1 &
-PLAN_PID=$!
 
-# 1. the CUDA-only tests
+# concurrent trainings sharing the device
+# shellcheck disable=SC2086
+stage concurrent "concurrent trainings" 150 "$WORK/throughput.json" "$PY" benchmarks/study_throughput.py \
+  --device "$DEVICE" $CONCURRENT_ARGS --cache "$CACHE" --json "$WORK/throughput.json" --no-record
+
+# a whole group as one stacked model (the batched experiment)
+# shellcheck disable=SC2086
+stage batched "batched group" 45 "$WORK/batched.json" "$PY" benchmarks/batched_group.py --device "$DEVICE" \
+  $BATCHED_ARGS --json "$WORK/batched.json" --no-record
+
+# the CUDA-only tests (the plan for the projection is made beside them: no measurement runs meanwhile)
+PLAN_PID=
+if [ -z "${GPU_CHECK_STAGES:-}" ] || [[ ",$GPU_CHECK_STAGES," == *",concurrent,"* ]]; then
+  full_plan > "$WORK/full-plan.log" 2>&1 &
+  PLAN_PID=$!
+fi
 pytest_gpu() {
   "$PY" -m pytest -m gpu -q -p no:cacheprovider tests || return $?
 }
 export -f pytest_gpu
-stage "pytest -m gpu" 90 "" bash -c pytest_gpu
+stage tests "pytest -m gpu" 90 "" bash -c pytest_gpu
+if [ -n "$PLAN_PID" ]; then
+  wait "$PLAN_PID" || echo "gpu_check: the full study's plan failed (see $WORK/full-plan.log); no projection"
+fi
 
 # study_row RUNS JSON WHAT: the finished study in RUNS as one row of the table (its trainings' statuses, mean val
 # mIoU, report files) in JSON; fails unless some trainings are done, none failed, and the report was written
@@ -142,7 +165,7 @@ EOF
 }
 export -f study_row
 
-# 2. a tiny study end to end on cuda, two trainings at once on the device
+# a tiny study end to end on cuda, two trainings at once on the device
 tiny_study() {
   local dir="$WORK/study"
   # shellcheck disable=SC2086  # the sizes are several words
@@ -158,10 +181,22 @@ tiny_study() {
     "synth ($STUDY_SYNTH), prepare (paper), study LDT + IM, --executor local --parallel 2, report"
 }
 export -f tiny_study
-stage "study ($DEVICE, local x2)" 80 "$WORK/study.json" bash -c tiny_study
+stage study "study ($DEVICE, local x2)" 80 "$WORK/study.json" bash -c tiny_study
 
-# 2b. the semi-supervised benchmark's study (standard protocol) on cuda: a small DeepLabV3+ of UniMatch's layout,
-#     its recipe (SGD, poly, OHEM, online crops), LDT and one IM generation, scored with UniMatch's windows
+# the zoo at 1024x2048: fp32 against bf16
+# shellcheck disable=SC2086
+stage zoo "zoo fp32 vs bf16" 80 "$WORK/zoo.json" "$PY" benchmarks/gpu_concurrent.py zoo \
+  --models hrnet_w48_ocr,upernet_internimage_l $ZOO_ARGS --device "$DEVICE" --cache "$CACHE" --json "$WORK/zoo.json"
+
+# the training step, run from a scratch copy of benchmarks/ so that its own table lands in a scratch RESULTS.md
+# (read into the summary) rather than in the repository's
+mkdir -p "$WORK/bench"
+cp benchmarks/*.py "$WORK/bench/"
+# shellcheck disable=SC2086
+stage train-step "train_step" 120 "$WORK/bench/RESULTS.md" "$PY" "$WORK/bench/train_step.py" $TRAIN_STEP_ARGS
+
+# the semi-supervised benchmark's study (standard protocol) on cuda: a small DeepLabV3+ of UniMatch's layout, its
+# recipe (SGD, poly, OHEM, online crops), LDT and one IM generation, scored with UniMatch's windows
 standard_study() {
   local dir="$WORK/standard"
   "$PY" -m cityscapes_lab synth "$dir/raw" --train 16 --val 4 --test 0 --size 512x256 --seed 0 || return $?
@@ -177,40 +212,19 @@ standard_study() {
 IM (DeepLabV3+ width 16, the ssl recipes, crop 192, slide-unimatch-v1 192), report"
 }
 export -f standard_study
-stage "standard study ($DEVICE)" 60 "$WORK/standard.json" bash -c standard_study
+stage standard "standard study ($DEVICE)" 60 "$WORK/standard.json" bash -c standard_study
 
-# 3. the training step, run from a scratch copy of benchmarks/ so that its own table lands in a scratch
-#    RESULTS.md (read into the summary) rather than in the repository's
-mkdir -p "$WORK/bench"
-cp benchmarks/*.py "$WORK/bench/"
+# the semi-supervised benchmark's supervised DeepLabV3+ R50 step (crop 801, batch 8)
 # shellcheck disable=SC2086
-stage "train_step" 120 "$WORK/bench/RESULTS.md" "$PY" "$WORK/bench/train_step.py" $TRAIN_STEP_ARGS
+stage deeplab "deeplabv3+ step" 45 "$WORK/deeplab.json" "$PY" benchmarks/deeplab_step.py --device "$DEVICE" \
+  $DEEPLAB_ARGS --json "$WORK/deeplab.json" --no-record
 
-# 4. the zoo at 1024x2048: fp32 against bf16
-# shellcheck disable=SC2086
-stage "zoo fp32 vs bf16" 80 "$WORK/zoo.json" "$PY" benchmarks/gpu_concurrent.py zoo \
-  --models hrnet_w48_ocr,upernet_internimage_l $ZOO_ARGS --device "$DEVICE" --cache "$CACHE" --json "$WORK/zoo.json"
-
-# 5. concurrent trainings sharing the device (at most 150 s), and the full study's hours at their rates
-wait "$PLAN_PID" || echo "gpu_check: the full study's plan failed (see $WORK/full-plan.log); no projection"
+# the table, with the full study's hours at the concurrent trainings' rates when its plan was made
 FULL_IMAGES=$(cat "$WORK/full-plan-images" 2>/dev/null)
-[ -n "$FULL_IMAGES" ] && CONCURRENT_ARGS="$CONCURRENT_ARGS --full-study-images $FULL_IMAGES"
+SUMMARY_ARGS=$RECORD
+[ -n "$FULL_IMAGES" ] && SUMMARY_ARGS="$SUMMARY_ARGS --full-study-images $FULL_IMAGES"
 # shellcheck disable=SC2086
-stage "concurrent trainings" 150 "$WORK/throughput.json" "$PY" benchmarks/study_throughput.py --device "$DEVICE" \
-  $CONCURRENT_ARGS --cache "$CACHE" --json "$WORK/throughput.json" --no-record
-
-# 6. a whole group as one stacked model (the batched experiment)
-# shellcheck disable=SC2086
-stage "batched group" 45 "$WORK/batched.json" "$PY" benchmarks/batched_group.py --device "$DEVICE" $BATCHED_ARGS \
-  --json "$WORK/batched.json" --no-record
-
-# 7. the semi-supervised benchmark's supervised DeepLabV3+ R50 step (crop 801, batch 8)
-# shellcheck disable=SC2086
-stage "deeplabv3+ step" 45 "$WORK/deeplab.json" "$PY" benchmarks/deeplab_step.py --device "$DEVICE" $DEEPLAB_ARGS \
-  --json "$WORK/deeplab.json" --no-record
-
-# shellcheck disable=SC2086
-"$PY" benchmarks/gpu_concurrent.py summary "$WORK" --device-name "$DEVICE_NAME" $RECORD
+"$PY" benchmarks/gpu_concurrent.py summary "$WORK" --device-name "$DEVICE_NAME" $SUMMARY_ARGS
 if [ -n "${GPU_CHECK_OUT:-}" ]; then
   mkdir -p "$GPU_CHECK_OUT"
   cp benchmarks/RESULTS.md "$GPU_CHECK_OUT/RESULTS.md"

@@ -4,6 +4,7 @@ pixels whose class differs), and the one summary table of all stages.
     python benchmarks/gpu_concurrent.py zoo [--models hrnet_w48_ocr,upernet_internimage_l] [--size 1024x2048]
                                             [--repeats 3] [--device cuda] [--weights NAME=PATH] --json rows.json
     python benchmarks/gpu_concurrent.py summary WORK_DIR [--device-name NAME] [--no-record]
+                                                [--full-study-images N]
 
 ``zoo`` builds each model (random weights unless --weights names a checkpoint), segments one stand-in frame
 (generated at the image size, cached in .bench/) in fp32 (NCHW, torch's default TF32 settings) and with bf16
@@ -11,7 +12,8 @@ autocast plus channels-last (as zoo_inference.py does), and compares the two cla
 
 ``summary`` reads WORK_DIR/stages.tsv (one line per stage: name, exit status, seconds, log file, data file, limit) that
 gpu_check.sh writes, turns each stage's JSON (or, failing that, the end of its log) into rows, prints one table
-and appends it to RESULTS.md.
+and appends it to RESULTS.md. With --full-study-images (the images seen in training of the full study's plan) the
+rows of study_throughput.py get the hours of that study at their rate of all the trainings at once.
 """
 
 from __future__ import annotations
@@ -155,6 +157,39 @@ def last_error(log: Path) -> str:
     return lines[-1][:200] if lines else "no output"
 
 
+#: the column of study_throughput.py's rows that holds the rate of every training running at once
+RATE_ALL = "images/s all at once"
+GOAL_HOURS = 12  # the issue's goal for the full paper study on one GPU
+
+
+def with_projection(header: list[str], rows: list[list], images: int) -> tuple[list[str], list[list], list[str]]:
+    """study_throughput.py's header and rows with the hours of a study of ``images`` images seen in training at
+    each row's rate of all trainings at once (a column of its own unless the script projected already), and the
+    notes that say what the goal needs and which row comes closest."""
+    if RATE_ALL not in header:
+        return header, rows, []
+    column = header.index(RATE_ALL)
+    rates = []
+    for row in rows:
+        try:
+            rates.append(float(row[column]))
+        except (ValueError, IndexError):
+            rates.append(None)
+    if not any(h.startswith("full study h") for h in header):
+        header = header[:column + 1] + ["full study h"] + header[column + 1:]
+        rows = [row[:column + 1] + [f"{images / rate / 3600:.1f}" if rate else "-"] + row[column + 1:]
+                for row, rate in zip(rows, rates)]
+    needed = images / (GOAL_HOURS * 3600)
+    notes = [f"full paper study: {images:,} images seen in training (its plan); {GOAL_HOURS} hours need "
+             f"{needed:,.0f} images/s of all trainings at once (training steps only: evaluation and "
+             "pseudo-labelling not counted)"]
+    best = max(((rate, row[0]) for rate, row in zip(rates, rows) if rate), default=None)
+    if best:
+        notes.append(f"fastest measured: {best[1]}, {best[0]:,.1f} images/s, {images / best[0] / 3600:,.1f} hours: "
+                     f"{best[0] / needed:.2f}x the rate the {GOAL_HOURS}-hour goal needs")
+    return header, rows, notes
+
+
 def summary(args: argparse.Namespace) -> None:
     work = Path(args.work)
     table, notes = [], []
@@ -170,6 +205,10 @@ def summary(args: argparse.Namespace) -> None:
             content = json.loads(data.read_text())
             if "header" in content:  # study_throughput.py
                 header = content["header"]
+                if args.full_study_images:
+                    header, content["rows"], projection = with_projection(header, content["rows"],
+                                                                          args.full_study_images)
+                    notes += projection
                 rows = [{"what": r[0], "result": ", ".join(f"{h} {c}" for h, c in zip(header[1:], r[1:]))}
                         for r in content["rows"]]
             else:
@@ -211,6 +250,8 @@ def main() -> None:
     s.add_argument("work")
     s.add_argument("--device-name", default="unknown GPU")
     s.add_argument("--no-record", action="store_true", help="print the table, do not append it to RESULTS.md")
+    s.add_argument("--full-study-images", type=int, default=None,
+                   help="images seen in training of the full study's plan: its hours at the concurrent rates")
     args = parser.parse_args()
     zoo(args) if args.command == "zoo" else summary(args)
 

@@ -9,7 +9,8 @@ serial executor with all cores (the default thread count), whose scores differ i
 
 On a GPU (--device cuda) it runs the local executor once per --parallel value (e.g. 1,2,4,8 concurrent
 trainings sharing the device) on FDT models alone (as many as that value: one wave of trainings that all run at
-once) and reports trainings per hour for each, and whether NVIDIA MPS is on.
+once) and reports trainings per hour for each, and whether NVIDIA MPS is on. --waves runs that layout on the CPU
+too (gpu_check.sh's rehearsal of it).
 
 Every row also gives the steady rate of one training (images of an epoch over the median seconds of its epochs
 after the first, which holds the warm-up; the baseline trainings, whose set size is known), the rate of all the
@@ -19,6 +20,7 @@ evaluation and pseudo-labelling not counted.
 
     python benchmarks/study_throughput.py [--executors serial,local,ray,serial-all] [--parallel 2]
     python benchmarks/study_throughput.py --device cuda --parallel 1,2,4,8 [--json rows.json] [--no-record]
+    python benchmarks/study_throughput.py --waves --parallel 1,2 [...]
         [--full-study-images 371926500]
 """
 
@@ -104,10 +106,20 @@ def steady_rate(out: Path, approach: str, images: int) -> float | None:
 
 
 def compare(reference: dict, other: dict) -> str:
+    """Whether two studies' scores agree, on the entries both have (waves of different sizes share their first
+    trainings: the same seeds, so the same scores where concurrency changes nothing)."""
     if reference == other:
         return f"identical ({sum(k[0] == 'score' for k in reference)} scores)"
+    only = ""
     if set(reference) != set(other):
-        return f"differ: {len(set(reference) ^ set(other))} entries in one only"
+        only = f"; {len(set(reference) ^ set(other))} entries in one only"
+        # the shared scores (rankings of groups of different sizes differ by design)
+        scored = {k for k in set(reference) & set(other) if k[0] == "score"}
+        if not scored:
+            return f"differ: no shared scores{only}"
+        reference, other = {k: reference[k] for k in scored}, {k: other[k] for k in scored}
+        if reference == other:
+            return f"identical ({len(scored)} shared scores){only}"
     worst = 0.0
     for key, value in reference.items():
         theirs = other[key]
@@ -117,7 +129,7 @@ def compare(reference: dict, other: dict) -> str:
             continue
         worst = max(worst, abs(value - theirs))
     changed = sum(reference[k] != other[k] for k in reference)
-    return f"differ: {changed} entries, largest difference {worst:.2e}"
+    return f"differ: {changed} entries, largest difference {worst:.2e}{only}"
 
 
 def mps_state() -> str:
@@ -151,6 +163,8 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path(__file__).parents[1] / ".bench")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows and notes as JSON here")
     parser.add_argument("--no-record", action="store_true", help="print the table, do not append it to RESULTS.md")
+    parser.add_argument("--waves", action="store_true",
+                        help="one wave of FDT trainings per --parallel value, the local executor (the default on cuda)")
     parser.add_argument("--full-study-images", type=int, default=None,
                         help="images seen in training of a study's plan (study --plan): its hours at each row's rate")
     args = parser.parse_args()
@@ -162,8 +176,9 @@ def main() -> None:
         if not torch.cuda.is_available():
             sys.exit("--device cuda: no CUDA device here")
     cores = default_workers()
-    levels = [int(p) for p in (args.parallel or ("1,2,4,8" if cuda else "2")).split(",")]
-    if cuda:
+    waves = cuda or args.waves  # the layout of concurrent trainings on a GPU
+    levels = [int(p) for p in (args.parallel or ("1,2,4,8" if waves else "2")).split(",")]
+    if waves:
         executors = [f"local:{p}" for p in levels]
     else:
         wanted = (args.executors or ",".join(CPU_EXECUTORS)).split(",")
@@ -171,15 +186,15 @@ def main() -> None:
         if unknown:
             parser.error(f"--executors: unknown {', '.join(unknown)}; choose from {', '.join(CPU_EXECUTORS)}")
         executors = [f"local:{levels[0]}" if e == "local" else e for e in wanted]
-    threads = args.threads or (max(1, cores // max(levels)) if cuda else 1)
+    threads = args.threads or (max(1, cores // max(levels)) if waves else 1)
     train = args.train or (256 if cuda else 160)
     width, height = map(int, (args.size or ("2048x1024" if cuda else "512x256")).lower().split("x"))
     epochs = args.epochs or (10 if cuda else 6)
     batch = args.batch or (32 if cuda else 8)
-    approaches = ["fdt"] if cuda else ["ldt", "im"]
+    approaches = ["fdt"] if waves else ["ldt", "im"]
     measured = approaches[0]  # the baseline whose steady rate is measured
     common = ["study.runs=1", f"train.epochs={epochs}", f"train.batch_size={batch}", f"train.device={args.device}"]
-    if not cuda:
+    if not waves:
         common += ["semisup.students=2", "semisup.generations=2", "semisup.n=2", "train.precision=fp32"]
 
     start = time.perf_counter()
@@ -199,7 +214,7 @@ def main() -> None:
             executor, _, parallel = name.partition(":")
             parallel = int(parallel or 1)
             run_threads = cores if name == "serial-all" else threads
-            models = parallel if cuda else 4  # on a GPU one wave: every training runs beside the others
+            models = parallel if waves else 4  # on a GPU one wave: every training runs beside the others
             config = load_config(overrides=common + [f"study.models={models}", f"train.threads={run_threads}"])
             out = work / name.replace(":", "-")
             if executor == "ray":
@@ -258,7 +273,7 @@ def main() -> None:
               "median s per training", f"{measured.upper()} images/s per training (steady)", "images/s all at once"] \
         + ([f"full study h at {size}"] if args.full_study_images else []) \
         + ["cores busy elsewhere at start", "scores vs first row"]
-    what = "FDT, 1 run, as many models as tasks at once" if cuda else \
+    what = "FDT, 1 run, as many models as tasks at once" if waves else \
         "LDT + IM (n = 2), 1 run, 4 LDT models, 2 students x 2 generations"
     notes.append(f"{what}: {epochs} epochs, batch {batch}, {args.device}, "
                  f"{'precision auto (bf16 autocast)' if cuda else 'fp32'}; stand-in data {width}x{height} -> paper "
@@ -277,12 +292,13 @@ def main() -> None:
         notes.append(f"full study: {args.full_study_images:,} images seen in training (its plan) at the rate of all "
                      f"the tasks at once, {size} images: training steps only (evaluation and pseudo-labelling not "
                      "counted); the paper's study is 416x208.")
-    if cuda:
+    if waves:
         notes.append(f"MPS: {mps_state()}.")
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
     if load:
         notes.append(f"load average at the end: {' '.join(load)}.")
     title = ("study_throughput: concurrent trainings sharing one GPU (local executor)" if cuda
+             else "study_throughput: waves of concurrent trainings on the CPU (local executor)" if waves
              else "study_throughput: the study on the serial, local and Ray executors")
     table = markdown_table(header, rows)
     if args.json:

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[1]
-STAGES = ["pytest -m gpu", "study (cpu, local x2)", "standard study (cpu)", "train_step", "zoo fp32 vs bf16",
-          "concurrent trainings", "batched group", "deeplabv3+ step"]
+# in the script's order: what is still unmeasured on a GPU first
+STAGES = ["concurrent trainings", "batched group", "pytest -m gpu", "study (cpu, local x2)", "zoo fp32 vs bf16",
+          "train_step", "standard study (cpu)", "deeplabv3+ step"]
 
 
 def stage_statuses(output: str) -> dict[str, str]:
@@ -24,23 +25,52 @@ def stage_statuses(output: str) -> dict[str, str]:
     return statuses
 
 
+def rehearse(tmp_path: Path, **extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "GPU_CHECK_REHEARSE": "1", "GPU_CHECK_PYTHON": sys.executable, "TMPDIR": str(tmp_path),
+           "GPU_CHECK_OUT": str(tmp_path / "out"), "HF_HUB_OFFLINE": "1"}
+    for name in ("PYTEST_XDIST_WORKER", "GPU_CHECK_STAGES"):
+        env.pop(name, None)
+    env.update(extra)
+    return subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=1200)
+
+
 def test_every_stage_runs_and_reports_in_a_cpu_rehearsal(tmp_path):
     results = ROOT / "benchmarks" / "RESULTS.md"
     before = hashlib.sha256(results.read_bytes()).hexdigest()
-    env = {**os.environ, "GPU_CHECK_REHEARSE": "1", "GPU_CHECK_PYTHON": sys.executable, "TMPDIR": str(tmp_path),
-           "GPU_CHECK_OUT": str(tmp_path / "out"), "HF_HUB_OFFLINE": "1"}
-    env.pop("PYTEST_XDIST_WORKER", None)
-    run = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=1200)
+    run = rehearse(tmp_path)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     statuses = stage_statuses(run.stdout)
     assert list(statuses) == STAGES, run.stdout[-3000:]
     failed = {stage: status for stage, status in statuses.items() if not status.startswith("ok")}
     assert not failed, run.stdout[-4000:]
     assert "trainings: 4 done" in run.stdout and "identical" in run.stdout  # the study rows, executors' scores
-    assert "full study h at 64x32" in run.stdout  # the projection from the plan made in the background
+    # the projection: the full study's plan (made in the background) over the rates of trainings at once
+    assert "full study h " in run.stdout and "12 hours need" in run.stdout and "fastest measured" in run.stdout
     assert (tmp_path / "out" / "gpu-check-logs.tgz").stat().st_size > 0
     assert hashlib.sha256(results.read_bytes()).hexdigest() == before  # a rehearsal records nothing
+
+
+def test_gpu_check_stages_runs_only_the_named_stages(tmp_path):
+    run = rehearse(tmp_path, GPU_CHECK_STAGES="batched")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert list(stage_statuses(run.stdout)) == ["batched group"], run.stdout[-3000:]
+    assert stage_statuses(run.stdout)["batched group"].startswith("ok")
+
+
+def test_the_projection_adds_the_hours_at_each_rate_of_all_trainings_at_once():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from gpu_concurrent import with_projection
+
+    header = ["executor", "images/s all at once", "scores"]
+    rows = [["local --parallel 1", "1000.0", "(the reference)"], ["local --parallel 2", "-", "identical"],
+            ["local --parallel 4", "3600.0", "identical"]]
+    header, rows, notes = with_projection(header, rows, 3600 * 3600)
+    assert header == ["executor", "images/s all at once", "full study h", "scores"]
+    assert [row[2] for row in rows] == ["3.6", "-", "1.0"]
+    assert "12 hours need 300 images/s" in notes[0]
+    assert "local --parallel 4, 3,600.0 images/s, 1.0 hours: 12.00x" in notes[1]
+    assert with_projection(["executor"], [["serial"]], 10) == (["executor"], [["serial"]], [])
 
 
 def test_without_a_cuda_device_it_says_so_and_exits_0():

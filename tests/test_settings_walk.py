@@ -11,6 +11,7 @@ import dataclasses
 import itertools
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -527,6 +528,10 @@ class Study:
 _studies: dict = {}
 
 
+def _students_set(study) -> Path:
+    return study.layout.dataset("im/run1/n2/gen0") / "set"
+
+
 @pytest.fixture
 def study(tiny_paper, tmp_path_factory):
     """``study(approach, *settings)``: a finished tiny study (cached per approach and settings)."""
@@ -624,6 +629,8 @@ STUDY = {
         "ldt", "study.full_resolution=true").scores.values()),
     "study.save_predictions": lambda study: len(list((study("ldt", "study.save_predictions=true").layout.root
                                                       / "predictions").rglob("*.png"))) == 2 * 4,
+    "study.keep_datasets": lambda study: (_students_set(study("im")).exists()
+                                          and not _students_set(study("im", "study.keep_datasets=false")).exists()),
     "semisup.generations": lambda study: {r.generation for r in study(
         "im", "semisup.generations=2", "semisup.students=2").members("im")} == {0, 1},
     "semisup.students": lambda study: len(study("im", "semisup.students=2").members("im")) == 2,

@@ -203,6 +203,9 @@ class StudyConfig:
                                       "the paper protocol scores whole images")
     eval_window: int = setting(0, "the sliding window (or centre crop) of study.eval_rule; 0 = the rule's own (801 "
                                   "or 769)")
+    keep_datasets: bool = setting(True, "keep each generation's pseudo-labelled pairs and training set after its "
+                                        "students finish (false: delete them then, keeping stats.json and the "
+                                        "EvalNet selection; study --plan gives the disk either way)")
 
     def __post_init__(self) -> None:
         _check(self.runs >= 1, "study.runs", "must be >= 1")
@@ -287,7 +290,7 @@ class Config:
 #: Settings that do not change what a result measures (batch sizes of inference, extra output files, thread
 #: counts, which change only the rounding of CPU results): a study continues with other values of these.
 NOT_RESULTS = frozenset({"train.eval_batch_size", "train.threads", "study.save_predictions",
-                         "semisup.label_batch_size"})
+                         "semisup.label_batch_size", "study.keep_datasets"})
 
 
 def flatten(nested: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -82,6 +82,36 @@ def test_model_ensemble_labels_are_the_argmax_of_mean_probabilities(study, tiny_
     pairs = load_arrays(study.dataset(str(GroupKey("me", 1, 2, 0))) / "pairs")
     assert np.array_equal(np.asarray(pairs.labels), mean.argmax(axis=1))
     assert np.array_equal(np.asarray(pairs.images), np.asarray(split.images))  # clean images
+    # the unchanged images are links to the prepared data, not a copy
+    assert not (study.dataset(str(GroupKey("me", 1, 2, 0))) / "pairs" / "images.npy").exists()
+
+
+def test_the_plans_disk_estimates_match_what_the_study_wrote(study, tiny_paper):
+    """study --plan's disk figures: each step's estimate against the files it left, to within the files' headers
+    (but IM++ and AIM++, whose 1-5 copies per pair the plan puts at 3)."""
+    from cityscapes_lab import load_prepared
+    from cityscapes_lab.semisup.plan import plan_study
+    from cityscapes_lab.semisup.study import resolve_approaches
+
+    def size(folder):
+        return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and f.name != "stats.json")
+
+    baselines, approaches = resolve_approaches(ALL)
+    plan = plan_study(baselines, approaches, load_config(overrides=TINY), load_prepared(tiny_paper), study)
+    checked = 0
+    for node in plan.nodes:
+        if node.kind == "set":
+            actual, estimate = size(study.dataset(str(node.group))), node.disk
+            if node.group.approach in ("im++", "aim++"):
+                continue
+            assert actual == pytest.approx(estimate, rel=0.02, abs=4096), node.id  # abs: ids.json, links
+            checked += 1
+        elif node.kind in ("aldt", "rows"):
+            folder = study.dataset("aldt" if node.kind == "aldt" else str(node.group))
+            assert size(folder) == pytest.approx(node.disk, rel=0.02, abs=4096), node.id
+    assert checked == 2 * 7  # me, ie, ns, im, evalnet, im+, aim+ over 2 generations
+    checkpoints = sum(p.stat().st_size for p in study.root.glob("models/**/best.pt"))
+    assert checkpoints == pytest.approx(sum(node.disk for node in plan.trainings), rel=0.05)
 
 
 def test_generation_one_is_taught_by_generation_zeros_top_students(study, tiny_paper):

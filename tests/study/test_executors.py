@@ -190,6 +190,7 @@ def test_the_plan_counts_the_study_and_estimates_its_time(tiny_paper, tmp_path, 
     assert "11 tasks (3 rank, 2 set, 6 train); 6 trainings" in printed
     assert "| im | 1 | 2 | 2 | 4 | 2 |" in printed and "at 100.0 images/s per training (given)" in printed
     assert "--executor local --parallel 2" in printed
+    assert "disk: about " in printed and "free there" in printed and "study.keep_datasets=false" in printed
 
 
 def test_the_full_study_plan(tiny_paper, tmp_path, capsys):
@@ -206,6 +207,47 @@ def test_the_full_study_plan(tiny_paper, tmp_path, capsys):
     # + 3 runs x 5 EvalNets for each of evalnet, im++, aim++
     generations = 3 + 3 + 1 + 3 + 3 + 1 + 1 + 3 + 1  # n values of me, ie, ns, im, evalnet, im+, im++, aim+, aim++
     assert trainings == 3 * (30 + 3 * 5 + generations * 5 * 5) + 3 * 3 * 5
+
+
+def test_sets_deleted_once_their_students_finish_change_no_score(tiny_paper, tmp_path, serial_scores):
+    """study.keep_datasets = false: each generation's pairs and set go once its students are done; the next
+    generation learns from the students, so every score is the same, and a rerun redoes nothing."""
+    out = tmp_path / "study"
+    config = load_config(overrides=TINY + ["study.keep_datasets=false"])
+    summary = run_study(tiny_paper, out, ["im"], config, show_progress=False, executor="local", parallel=2)
+    assert (summary.trained, summary.failed) == (6, 0)
+    assert scores(out) == serial_scores
+    for generation in (0, 1):
+        folder = out / "datasets" / "im" / "run1" / "n2" / f"gen{generation}"
+        assert sorted(p.name for p in folder.iterdir()) == ["stats.json"], folder
+    again = run_study(tiny_paper, out, ["im"], config, show_progress=False)
+    assert (again.trained, again.skipped, again.failed) == (0, 6, 0)
+    assert scores(out) == serial_scores
+
+
+def test_disk_needs_and_the_warning_of_a_study_that_would_not_fit(tiny_paper, tmp_path, monkeypatch):
+    from cityscapes_lab.semisup import study
+    from cityscapes_lab.semisup.plan import DiskNeeds
+
+    needs = DiskNeeds(checkpoints=10**9, kept=2 * 10**9, generations=(5 * 10**9, 4 * 10**9, 10**9))
+    assert (needs.total, needs.at_once(True, 2), needs.at_once(False, 1), needs.at_once(False, 2)) == (
+        13 * 10**9, 13 * 10**9, 8 * 10**9, 12 * 10**9)
+    monkeypatch.setattr(study, "free_bytes", lambda out: 8 * 10**9)
+    assert study.disk_warning(needs, tmp_path, True, 1) == (
+        f"warning: the study's outputs take about 13.0 GB and {tmp_path} has 8.0 GB free; with --set "
+        "study.keep_datasets=false about 8.0 GB (study --plan gives the details)")
+    assert study.disk_warning(needs, tmp_path, False, 1) is None  # 8 GB at once fit
+    assert "has 8.0 GB free (study" in study.disk_warning(needs, tmp_path, False, 2)
+    # a new study says so before it starts, and runs; a continued one does not repeat it
+    monkeypatch.setattr(study, "free_bytes", lambda out: 0)
+    messages = []
+    summary = run_study(tiny_paper, tmp_path / "s", ["ldt"], load_config(overrides=TINY), show_progress=False,
+                        log=messages.append)
+    assert summary.trained == 2 and any(m.startswith("warning: the study's outputs take about") for m in messages)
+    messages.clear()
+    run_study(tiny_paper, tmp_path / "s", ["ldt"], load_config(overrides=TINY), show_progress=False,
+              log=messages.append)
+    assert not any(m.startswith("warning") for m in messages)
 
 
 def test_unknown_executor_is_refused(tiny_paper, tmp_path):

@@ -46,16 +46,20 @@ def link_arrays(folder: Path, name: str, ids: list[str], images: list[RowArray],
     if partial.exists():
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
-
-    def describe(part: RowArray) -> dict:
-        path = part.path.resolve()
-        return {"file": os.path.relpath(path, folder.resolve()), "absolute": str(path),
-                "rows": None if part.rows is None else part.rows.tolist(), "bytes": path.stat().st_size}
-
-    atomic.write_json(partial / LINKS, {"images": [describe(p) for p in images],
-                                        "labels": [describe(p) for p in labels]})
+    atomic.write_json(partial / LINKS, links_to(folder, images=images, labels=labels))
     atomic.write_json(partial / "ids.json", {"name": name, "ids": list(ids)})
     atomic.publish_folder(partial, folder)
+
+
+def links_to(folder: Path, **parts: list[RowArray]) -> dict:
+    """The ``links.json`` of a set in ``folder`` whose named arrays (images, labels) are rows of other files; an
+    array it does not name is the folder's own ``.npy`` file (e.g. pseudo-labels beside linked images)."""
+    def describe(part: RowArray) -> dict:
+        path = part.path.resolve()
+        return {"file": os.path.relpath(path, Path(folder).resolve()), "absolute": str(path),
+                "rows": None if part.rows is None else part.rows.tolist(), "bytes": path.stat().st_size}
+
+    return {kind: [describe(p) for p in kind_parts] for kind, kind_parts in parts.items()}
 
 
 def _linked(folder: Path, parts: list[dict]) -> StackedRows:
@@ -80,15 +84,16 @@ def load_arrays(folder: Path, lazy: bool = True) -> SplitArrays:
     read = RowArray if lazy else np.load
     try:
         info = json.loads((folder / "ids.json").read_text())
-        if (folder / LINKS).exists():
-            links = json.loads((folder / LINKS).read_text())
-            images, labels = _linked(folder, links["images"]), _linked(folder, links["labels"])
-            if not lazy:
-                images, labels = np.asarray(images), np.asarray(labels)
-            return _checked(folder, info, images, labels)
-        images = read(folder / "images.npy")
-        labels_path = folder / "labels.npy"
-        labels = read(labels_path) if labels_path.exists() else None
+        links = json.loads((folder / LINKS).read_text()) if (folder / LINKS).exists() else {}
+        arrays = {}
+        for kind in ("images", "labels"):
+            if kind in links:
+                arrays[kind] = _linked(folder, links[kind])
+                arrays[kind] = arrays[kind] if lazy else np.asarray(arrays[kind])
+            else:
+                path = folder / f"{kind}.npy"
+                arrays[kind] = read(path) if kind == "images" or path.exists() else None
+        images, labels = arrays["images"], arrays["labels"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"{folder}: not a readable array set ({exc}); an array set is a folder the study writes "
                         "under RUNS/datasets/ (ids.json, images.npy, labels.npy), e.g. "

@@ -5,7 +5,8 @@ EvalNets); nothing else is ordered."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ..config import Config
@@ -17,7 +18,7 @@ from ..study.keys import GroupKey, StudyLayout, TrainingKey, derive_seed
 from ..study.tasks import AldtSetTask
 from .consistency import STRENGTHS
 from .recipes import RECIPES, Recipe
-from .runner import _source_group, _teacher_count, n_values, selection_steps
+from .runner import _source_group, _teacher_count, drop_generation_sets, n_values, selection_steps
 from .tasks import EvalNetTask, RowsTask, SetTask
 
 
@@ -51,22 +52,29 @@ class _Builder:
         for role in ("train_labeled", "train_unlabeled", "train_full"):
             self.sizes[role] = self.sizes.get(self.splits.resolve(role), 0)
         self.sizes["aldt"] = self.sizes.get("train_labeled", 0) * (1 + config.aldt.copies)
+        width, height = data.size
+        self.pixels = width * height
+        self._checkpoints: dict[float | str | None, int] = {}
 
-    def rank(self, group: GroupKey, keys: list[TrainingKey], after: list[str], **how) -> str:
+    def rank(self, group: GroupKey, keys: list[TrainingKey], after: list[str],
+             then: Callable[[StudyContext], None] | None = None, **how) -> str:
         def make(ctx: StudyContext) -> None:
             rank_group(ctx, group, keys, **how)
             _stats(ctx, group)
+            if then is not None:
+                then(ctx)
 
         return self.plan.add(Node(f"rank {group}", "rank", group, tuple(after), make=make)).id
 
     def trainings(self, group: GroupKey, count: int, after: tuple[str, ...], make_for, images: int,
-                  kind: str = "train", seed_of=None) -> list[Node]:
+                  kind: str = "train", seed_of=None, alpha: float | None = None) -> list[Node]:
         nodes = []
+        disk = self.checkpoint_bytes("evalnet" if kind == "evalnet" else alpha)
         for member in range(count):
             key = TrainingKey(group, member)
             seed = (seed_of or (lambda key: training_seed(self.config, key)))(key)
             nodes.append(self.plan.add(Node(
-                f"{kind} {key}", kind, group, after, key=key, images=images, seed=seed,
+                f"{kind} {key}", kind, group, after, key=key, images=images, seed=seed, disk=disk,
                 make=lambda ctx, key=key: make_for(ctx, key), finished=lambda ctx, key=key: _done(ctx, key),
                 record=lambda ctx, result, key=key: record(ctx, key, result))))
         return nodes
@@ -82,7 +90,8 @@ class _Builder:
             folder = self.layout.dataset("aldt")
             task = AldtSetTask(str(self.data.root), str(folder), asdict(self.config.aldt), self.config.study.seed)
             after = (self.plan.add(Node("aldt set", "aldt", GroupKey("aldt", 0), make=lambda ctx: task,
-                                        finished=lambda ctx: (folder / "ids.json").exists())).id,)
+                                        finished=lambda ctx: (folder / "ids.json").exists(),
+                                        disk=self.sizes["aldt"] * self.pixels * 4)).id,)
             train_set = str(folder)
         size = self.sizes[BASELINES[approach].train_set]
         train_set = self.splits.resolve(train_set)
@@ -118,7 +127,7 @@ class _Builder:
 
         rows = self.plan.add(Node(f"rows {group}", "rows", group, tuple(f"rank {GroupKey(b, run)}" for b in bases),
                                   make=make_rows, finished=lambda ctx: (folder / "val" / "ids.json").exists()
-                                  or all(_done(ctx, k) for k in keys)))
+                                  or all(_done(ctx, k) for k in keys), disk=self._rows_disk(recipe)))
 
         def seed_of(key: TrainingKey) -> int:
             return derive_seed(config.study.seed, str(key))
@@ -170,9 +179,10 @@ class _Builder:
                            tuple(candidates), ctx.threads)
 
         after = (f"rank {source}",) + ((nets_rank,) if nets_rank else ())
+        disk, transient = self._set_disk(recipe)
         built = self.plan.add(Node(f"set {group}", "set", group, after, make=make_set,
                                    finished=lambda ctx: (folder / "set" / "ids.json").exists()
-                                   or all(_done(ctx, k) for k in keys)))
+                                   or all(_done(ctx, k) for k in keys), disk=disk, transient=transient))
         alpha = self._alpha(recipe, group)
 
         def make_student(ctx: StudyContext, key: TrainingKey):
@@ -187,8 +197,10 @@ class _Builder:
 
         nodes = self.trainings(group, config.semisup.students, (built.id,), make_student,
                                self.segmentation_images(self._set_estimate(recipe),
-                                                        epochs=config.semisup.student_epochs))
-        self.rank(group, keys, [n.id for n in nodes])
+                                                        epochs=config.semisup.student_epochs), alpha=alpha)
+        # once the students are done nothing reads their set again (a rerun skips the finished set)
+        drop = None if config.study.keep_datasets else lambda ctx: drop_generation_sets(folder)
+        self.rank(group, keys, [n.id for n in nodes], then=drop)
 
     def _alpha(self, recipe: Recipe, group: GroupKey) -> float:
         from .rules import generation_params
@@ -202,6 +214,51 @@ class _Builder:
         copies = {"": 0, "one": 1, "evalnet": 3}[recipe.augmented] + (1 if recipe.clean else 0)
         labeled = self.sizes["aldt"] if recipe.labeled == "aldt" else self.sizes.get("train_labeled", 0)
         return labeled + unlabeled * max(1, copies)
+
+    # --- disk (estimates for study --plan) ------------------------------------------------------------------
+    def checkpoint_bytes(self, alpha: float | str | None = None) -> int:
+        """Bytes of one kept checkpoint (its fp32 weights): the training network at width ``alpha`` (None: the
+        configured one), or ``"evalnet"``; built on the meta device, so nothing is allocated."""
+        if alpha not in self._checkpoints:
+            import torch
+
+            from ..models.evalnet import EvalNet
+            from ..models.registry import architecture_options, training_model
+
+            train = self.config.train
+            train = replace(train, model_options=architecture_options(train.model_options),
+                            alpha=train.alpha if alpha in (None, "evalnet") else alpha)
+            with torch.device("meta"):
+                model = EvalNet(self.data.num_classes) if alpha == "evalnet" else \
+                    training_model(train, self.data.num_classes)[0]
+            self._checkpoints[alpha] = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        return self._checkpoints[alpha]
+
+    def _set_disk(self, recipe: Recipe) -> tuple[int, int]:
+        """(bytes, of which transient) of a generation's sets: the pseudo pairs (labels; IM: masks and the
+        blocked images) and the composed set (links to the pairs and the labeled data, unless it has augmented
+        copies); the EvalNet approach keeps its selection (the next generation reads it), its set links to it."""
+        pixels, unlabeled = self.pixels, self.sizes.get("train_unlabeled", 0)
+        if recipe.rule == "evalnet_selection":
+            return unlabeled * (pixels + 9), 0  # masks, scores (float64), selected flags; the set: links
+        im = recipe.rule == "im"
+        copied_images = im and self.config.semisup.block_input  # else the pairs link to the unlabeled images
+        pairs = unlabeled * pixels * (1 + im + 3 * copied_images)  # labels, IM masks, blocked images
+        composed = self._set_estimate(recipe) * pixels * 4 if recipe.augmented else 0
+        return pairs + composed, pairs + composed
+
+    def _rows_disk(self, recipe: Recipe) -> int:
+        """Bytes of the EvalNets' rows of a run: images, and per row a candidate mask and its targets (EvalNet:
+        every LDT and ALDT model's prediction and the truth of each image; EvalNet-IM: one IM pair, with its own
+        image, per image and pass)."""
+        s, pixels = self.config.semisup, self.pixels
+        labeled, val = self.sizes.get("train_labeled", 0), self.sizes.get("val", 0)
+        per_row = pixels + 8 * self.data.num_classes + 8  # mask, IoU and detection targets (float32), index
+        if recipe.evalnet == "miou":
+            rows = (2 * self.config.study.models + 1) * labeled + (2 * s.evalnet_val_models + 1) * val
+            return (labeled + val) * 3 * pixels + rows * per_row
+        rows = s.evalnet_train_loops * labeled + s.evalnet_val_loops * val
+        return rows * (3 * pixels + per_row)
 
 
 def _ranked(ctx: StudyContext, group: GroupKey) -> list[Path]:
@@ -218,6 +275,31 @@ def plan_study(baselines: list[str], approaches: list[str], config: Config, data
     for approach in approaches:
         builder.approach(approach)
     return builder.plan
+
+
+@dataclass(frozen=True)
+class DiskNeeds:
+    """The disk a plan's outputs take (estimates): checkpoints, the sets that stay (the ALDT set, the EvalNets'
+    rows and selections), and each generation's sets, which ``study.keep_datasets = false`` deletes once its
+    students are done."""
+
+    checkpoints: int
+    kept: int
+    generations: tuple[int, ...]  # largest first
+
+    @property
+    def total(self) -> int:
+        return self.checkpoints + self.kept + sum(self.generations)
+
+    def at_once(self, keep_datasets: bool, slots: int = 1) -> int:
+        """At most at once: everything when sets are kept, else the sets of ``slots`` groups in flight."""
+        return self.total if keep_datasets else self.checkpoints + self.kept + sum(self.generations[:slots])
+
+
+def disk_needs(plan: Plan) -> DiskNeeds:
+    sets = [node for node in plan.nodes if not node.training]
+    return DiskNeeds(sum(node.disk for node in plan.trainings), sum(node.disk - node.transient for node in sets),
+                     tuple(sorted((node.transient for node in sets if node.transient), reverse=True)))
 
 
 def estimated_hours(images: int, throughput: float) -> float:

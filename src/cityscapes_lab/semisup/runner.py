@@ -5,6 +5,7 @@ composed (``build_set``; the EvalNet approach: ``select_masks``), and the EvalNe
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,14 +196,26 @@ def select_masks(ctx: Workspace, group: GroupKey, nets: list[Path], candidates: 
         selected |= chosen
         save_named(folder / "selection", unlabeled.ids, masks=best_mask, selected=selected, scores=best_score)
         rows = np.flatnonzero(selected)
+        saved_masks = load_extra(folder / "selection", "masks")
+        # rows of the unlabeled images and of the saved masks: the students' set links to them, copies nothing
         picked = SplitArrays("selected", [unlabeled.ids[i] for i in rows], unlabeled.images.subset(rows)
-                             if hasattr(unlabeled.images, "subset") else unlabeled.images[rows], best_mask[rows])
+                             if hasattr(unlabeled.images, "subset") else unlabeled.images[rows],
+                             saved_masks.subset(rows))
         atomic.write_json(folder / "stats.json", {"train_unlabeled": {
             "selected_images": float(selected.sum()), "mean_selected_score": float(best_score[selected].mean())
             if selected.any() else 0.0}})
         compose_set(final, picked, SetParts(True, None, generation_params(0).augment,
                                            ctx.data.split(ctx.splits.train_labeled)), 0)
     return final
+
+
+def drop_generation_sets(folder: Path) -> None:
+    """Delete a finished generation's pseudo pairs and training set (``study.keep_datasets = false``), with any
+    half-written copy of them; ``stats.json`` (the report's) and the EvalNet selection (the next generation's
+    input) stay."""
+    for name in ("set", "pairs"):  # the set first: it links to the pairs
+        for path in (folder / name, atomic.partial_path(folder / name)):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def selection_steps(data: PreparedData, batch: int, set_size: int) -> int:

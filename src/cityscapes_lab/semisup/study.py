@@ -10,6 +10,7 @@ goes on.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from ..study.lock import LOCK_NAME, study_lock
 from ..study.progress import StudyProgress
 from ..study.store import ResultStore
 from ..study.tasks import TaskResult
-from .plan import plan_study
+from .plan import DiskNeeds, disk_needs, plan_study
 from .recipes import RECIPES, required_baselines
 from .runner import n_values
 
@@ -174,6 +175,10 @@ def run_study(data_dir: Path, out: Path, approaches: list[str], config: Config, 
         with store:
             runner = make_executor(executor, parallel, ray_address, cpus_per_task, gpus_per_task)
             try:
+                if not store.trainings():  # a new study: will its outputs fit?
+                    warning = disk_warning(disk_needs(plan), layout.root, config.study.keep_datasets, runner.slots)
+                    if warning:
+                        log(warning)
                 threads = runner.task_threads(config.train.threads)
                 note = load_note(cpu_threads(threads)) if executor != "ray" else None  # Ray's nodes: elsewhere
                 if note and Runtime.from_config(config.train).device.type == "cpu":
@@ -186,6 +191,17 @@ def run_study(data_dir: Path, out: Path, approaches: list[str], config: Config, 
                 progress.close()
     groups = sum(1 for group in plan.groups() if group.role == "models")
     return StudySummary(ctx.counts["trained"], ctx.counts["skipped"], ctx.counts["failed"], groups)
+
+
+def disk_warning(needs: DiskNeeds, out: Path, keep_datasets: bool, slots: int) -> str | None:
+    """A one-line warning when a new study's outputs would not fit on the disk of ``out`` (None when they do)."""
+    wanted, free = needs.at_once(keep_datasets, slots), free_bytes(out)
+    if free >= wanted:
+        return None
+    hint = (f"; with --set study.keep_datasets=false about {_gigabytes(needs.at_once(False, slots))}"
+            if keep_datasets and needs.at_once(False, slots) < wanted else "")
+    return (f"warning: the study's outputs take about {_gigabytes(wanted)} and {out} has {_gigabytes(free)} free"
+            f"{hint} (study --plan gives the details)")
 
 
 def describe_plan(data_dir: Path, out: Path, approaches: list[str], config: Config, throughput: float | None,
@@ -238,8 +254,10 @@ def describe_plan(data_dir: Path, out: Path, approaches: list[str], config: Conf
                          "--throughput")
     critical = _critical_path(plan, throughput) / 3600
     on_gpu = Runtime.from_config(config.train).device.type == "cuda"
+    slots = 1 if executor == "serial" else parallel if executor == "local" else \
+        max(1, round(1 / gpus_per_task)) if gpus_per_task else parallel
+    lines.append(_disk_line(disk_needs(plan), Path(out), config.study.keep_datasets, slots))
     if executor != "serial":
-        slots = parallel if executor == "local" else max(1, round(1 / gpus_per_task)) if gpus_per_task else parallel
         if on_gpu or executor == "ray":
             wall = max(hours / slots, critical)
             lines.append(f"with --executor {executor} and {slots} tasks at once, each at that rate: about {wall:.1f} "
@@ -249,6 +267,35 @@ def describe_plan(data_dir: Path, out: Path, approaches: list[str], config: Conf
             lines.append(f"with --executor local --parallel {slots} on this CPU the processes share its cores: "
                          f"about {hours:.1f} hours as well (no training is faster than the one probed)")
     return "\n".join(lines)
+
+
+def _gigabytes(size: float) -> str:
+    return f"{size / 1e9:,.1f} GB" if size >= 1e9 else f"{size / 1e6:,.1f} MB"
+
+
+def free_bytes(out: Path) -> int:
+    """Free space on the filesystem ``out`` will be on (its nearest existing folder)."""
+    where = Path(out).absolute()
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    return shutil.disk_usage(where).free
+
+
+def _disk_line(needs: DiskNeeds, out: Path, keep_datasets: bool, slots: int) -> str:
+    """The disk the study's outputs take, kept or deleted as each generation finishes, beside the free space."""
+    free = free_bytes(out)
+    line = (f"disk: about {_gigabytes(needs.total)} in {out} ({_gigabytes(needs.checkpoints)} of checkpoints, "
+            f"{_gigabytes(needs.total - needs.checkpoints)} of training sets under datasets/, the largest "
+            f"generation's {_gigabytes(max(needs.generations, default=0))}); ")
+    if keep_datasets:
+        line += ("with --set study.keep_datasets=false each generation's sets are deleted once its students finish: "
+                 f"at most about {_gigabytes(needs.at_once(False, slots))} at once")
+    else:
+        line += f"study.keep_datasets=false: at most about {_gigabytes(needs.at_once(False, slots))} at once"
+    line += f"; {_gigabytes(free)} free there"
+    if free < needs.at_once(keep_datasets, slots):
+        line += " (not enough: free some space, or choose another --out)"
+    return line
 
 
 def _critical_path(plan, throughput: float) -> float:
