@@ -115,7 +115,7 @@ full_plan() {
   "$PY" -m cityscapes_lab synth "$dir/raw" $PLAN_SYNTH --size 256x128 --seed 0 || return $?
   "$PY" -m cityscapes_lab prepare --raw "$dir/raw" --out "$dir/prepared" --protocol paper || return $?
   "$PY" -m cityscapes_lab study --data "$dir/prepared" --out "$dir/runs" --plan --throughput 1 \
-    --approaches fdt,ldt,aldt,cl,me,ie,ns,im,evalnet,im+,im++,aim+,aim++ > "$WORK/full-plan.txt" || return $?
+    --approaches all > "$WORK/full-plan.txt" || return $?
   sed -n 's/.* trainings; \([0-9,]*\) images seen in training.*/\1/p' "$WORK/full-plan.txt" | tr -d , \
     > "$WORK/full-plan-images"
 }

@@ -158,7 +158,8 @@ def config_show(config_file: Path | None, overrides: tuple[str, ...]) -> None:
               help="A folder made by `prepare --protocol paper`, or `--protocol standard` (then set "
                    "study.labeled_subset).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="The study folder (created or continued).")
-@click.option("--approaches", default="fdt,ldt,aldt", show_default=True, help="Comma-separated approaches to run.")
+@click.option("--approaches", default="fdt,ldt,aldt", show_default=True,
+              help="Comma-separated approaches to run; all: every baseline and approach (the full paper study).")
 @click.option("--runs", type=click.IntRange(1), default=None, help="Runs per approach [study.runs, default 3].")
 @click.option("--models", type=click.IntRange(1), default=None, help="Models per baseline group [study.models, default 10].")
 @click.option("--config", "config_files", type=click.Path(path_type=Path), multiple=True,

@@ -45,11 +45,15 @@ class StudySummary:
 
 
 def resolve_approaches(approaches: list[str]) -> tuple[list[str], list[str]]:
-    """(baselines, semi-supervised approaches) to run, in order; baselines that an approach needs are added."""
+    """(baselines, semi-supervised approaches) to run, in order; baselines that an approach needs are added.
+    ``all``: every baseline and approach (the full paper study)."""
     known = list(BASELINES) + list(RECIPES)
+    if "all" in approaches:
+        approaches = known + [a for a in approaches if a not in known and a != "all"]
     unknown = [a for a in approaches if a not in known]
     if unknown or not approaches:
-        raise ConfigError(f"unknown approach {', '.join(unknown) or '(none given)'}; choose from: {', '.join(known)}")
+        raise ConfigError(f"unknown approach {', '.join(unknown) or '(none given)'}; choose from: {', '.join(known)} "
+                          "(or all)")
     semisup = [a for a in approaches if a in RECIPES]
     needed = set(approaches) | {b for a in semisup for b in required_baselines(a)}
     return [b for b in BASELINES if b in needed], semisup
