@@ -9,8 +9,10 @@ serial executor with all cores (the default thread count), whose scores differ i
 
 On a GPU (--device cuda) it runs the local executor once per --parallel value (e.g. 1,2,4,8 concurrent
 trainings sharing the device) on FDT models alone (as many as that value: one wave of trainings that all run at
-once) and reports trainings per hour for each, and whether NVIDIA MPS is on. --waves runs that layout on the CPU
-too (gpu_check.sh's rehearsal of it).
+once) and reports trainings per hour for each, and whether NVIDIA MPS is on; the single training runs twice, the
+second time with its batches copied from the host each step (train.device_data=false) rather than gathered from
+the device's copy of the set. --waves runs that layout on the CPU too (gpu_check.sh's rehearsal of it; there
+device_data changes nothing).
 
 Every row also gives the steady rate of one training (images of an epoch over the median seconds of its epochs
 after the first, which holds the warm-up; the baseline trainings, whose set size is known), the rate of all the
@@ -180,6 +182,8 @@ def main() -> None:
     levels = [int(p) for p in (args.parallel or ("1,2,4,8" if waves else "2")).split(",")]
     if waves:
         executors = [f"local:{p}" for p in levels]
+        if 1 in levels:  # the single training again, its batches copied from the host: what device_data saves
+            executors.insert(levels.index(1) + 1, "local:1:host")
     else:
         wanted = (args.executors or ",".join(CPU_EXECUTORS)).split(",")
         unknown = [e for e in wanted if e not in CPU_EXECUTORS]
@@ -211,11 +215,12 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="study-throughput-"))
     try:
         for name in executors:
-            executor, _, parallel = name.partition(":")
+            executor, parallel, variant = (name.split(":") + ["", ""])[:3]
             parallel = int(parallel or 1)
             run_threads = cores if name == "serial-all" else threads
             models = parallel if waves else 4  # on a GPU one wave: every training runs beside the others
-            config = load_config(overrides=common + [f"study.models={models}", f"train.threads={run_threads}"])
+            config = load_config(overrides=common + [f"study.models={models}", f"train.threads={run_threads}"]
+                                 + (["train.device_data=false"] if variant == "host" else []))
             out = work / name.replace(":", "-")
             if executor == "ray":
                 import ray
@@ -231,6 +236,8 @@ def main() -> None:
                      "ray": f"ray (local instance, {cores} CPUs, 1 CPU per task)"}[executor]
             if name == "serial-all":
                 label = "serial, all cores (reference)"
+            if variant == "host":
+                label += ", batches copied from the host (train.device_data=false)"
             others = busy_elsewhere(samples=20, interval=0.05)
             print(f"running {label} with train.threads={run_threads} ({others} cores busy elsewhere) ...",
                   flush=True)

@@ -493,6 +493,8 @@ def test_keep_freed_memory_is_applied_by_the_training_that_asks_for_it(tmp_path,
 SPECIAL = {"train.keep_freed_memory", "train.epochs", "train.model", "train.alpha", "train.threads", "train.device", "train.nan_check",
            "train.adam_epsilon_rule", "train.momentum", "train.loss", "train.ohem_threshold", "train.ohem_min_kept",
            "train.model_options",
+           # a GPU's copy of the training set, same batches: tests/engine/test_sources.py
+           "train.device_data",
            # the standard protocol's study settings: walked in tests/study/test_standard_study.py
            "study.labeled_subset", "study.eval_rule", "study.eval_window"}
 

@@ -145,6 +145,7 @@ class Runtime:
     eval_batch_size: int = 16  # images per forward pass when predicting (does not change results)
     rank: int = 0  # this process among ``world_size`` training processes (torchrun)
     world_size: int = 1
+    device_data: bool = True  # a GPU may hold the training set (``sources.ArraySource``)
 
     @classmethod
     def from_config(cls, train: TrainConfig, device: torch.device | None = None, rank: int = 0,
@@ -154,7 +155,7 @@ class Runtime:
         device = device if device is not None else resolve_device(train.device)
         claim_gpu_share(device)
         return cls(device, resolve_precision(train.precision, device), train.channels_last, train.batch_size,
-                   train.eval_batch_size, rank, world_size)
+                   train.eval_batch_size, rank, world_size, train.device_data)
 
     @classmethod
     def cpu(cls, **changes) -> Runtime:

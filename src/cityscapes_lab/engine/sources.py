@@ -9,6 +9,7 @@ takes its share (``rank::world_size``) of every global batch.
 source                 items                                                       used by
 =====================  ==========================================================  ============================
 ``ArraySource``        in-memory images (N, H, W, 3) uint8 and labels (N, H, W)     the study, consistency loss
+                       (on a GPU with room for them: held in its memory)
 ``OnlineAugmented``    the same, rescaled, cropped, flipped and jittered on device  the standard protocol
 ``ViewPairs``          two photometric views of every unlabeled image              consistency loss
 ``EvalNetBatches``     (image, candidate mask, IoU and detection targets) rows     EvalNets
@@ -27,7 +28,7 @@ import torch
 from ..data.augment import AugmentParams, augment_photometric
 from ..data.online_augment import augment_batch
 from ..seeds import derive_seed
-from .runtime import Runtime
+from .runtime import Runtime, gpu_share
 
 Batch = tuple[torch.Tensor, ...]
 
@@ -54,14 +55,58 @@ def to_batch(images: np.ndarray, labels: np.ndarray | None, indices: np.ndarray,
              ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Images (B, 3, H, W) uint8 and labels (B, H, W) int64 on the runtime's device. The (B, H, W, 3) arrays
     already are channels-last memory, so no layout copy is made unless NCHW is asked for."""
-    x = torch.from_numpy(np.ascontiguousarray(images[indices])).permute(0, 3, 1, 2)
-    if not runtime.channels_last:
-        x = x.contiguous()
-    y = torch.from_numpy(np.asarray(labels[indices]).astype(np.int64)) if labels is not None else None
-    if runtime.device.type != "cpu":
-        x = x.to(runtime.device, non_blocking=True)
-        y = y.to(runtime.device, non_blocking=True) if y is not None else None
-    return x, y
+    x = _layout(torch.from_numpy(np.ascontiguousarray(images[indices])), runtime)
+    if runtime.device.type == "cpu":
+        return x, torch.from_numpy(np.asarray(labels[indices]).astype(np.int64)) if labels is not None else None
+    # labels cross to the device in their own type (uint8: an eighth of int64's bytes) and widen there
+    y = torch.from_numpy(np.ascontiguousarray(labels[indices])) if labels is not None else None
+    return x.to(runtime.device, non_blocking=True), y.to(runtime.device, non_blocking=True).long() \
+        if y is not None else None
+
+
+def _layout(images: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """(B, H, W, 3) images as (B, 3, H, W): a channels-last view, or NCHW memory when that is asked for."""
+    x = images.permute(0, 3, 1, 2)
+    return x if runtime.channels_last else x.contiguous()
+
+
+#: the share of this process's GPU memory a training set may take to be held on the device
+DEVICE_DATA_SHARE = 0.25
+
+
+def device_memory(device: torch.device) -> int:
+    """Bytes of the GPU this process may use: the device's memory times its share (``runtime.gpu_share``)."""
+    return int(torch.cuda.get_device_properties(device).total_memory * gpu_share())
+
+
+def _nbytes(array) -> int:
+    return int(np.prod(array.shape, dtype=np.int64)) * np.dtype(array.dtype).itemsize
+
+
+def holds_on_device(images, labels, runtime: Runtime) -> bool:
+    """Whether a training set goes to device memory (``train.device_data``): on a GPU, when images and labels
+    take at most ``DEVICE_DATA_SHARE`` of the memory this process may use, so that the network keeps the rest."""
+    if runtime.device.type == "cpu" or not runtime.device_data:
+        return False
+    size = _nbytes(images) + (_nbytes(labels) if labels is not None else 0)
+    return size <= DEVICE_DATA_SHARE * device_memory(runtime.device)
+
+
+def to_device(array, device: torch.device, rows: int = 256) -> torch.Tensor:
+    """An array (in memory or read on demand) as one tensor on ``device``, copied ``rows`` rows at a time, so
+    that the host never holds more than those rows of a lazily read set."""
+    out = torch.empty(tuple(array.shape), dtype=torch.from_numpy(np.empty(0, array.dtype)).dtype, device=device)
+    for start in range(0, len(array), rows):
+        out[start:start + rows] = torch.from_numpy(np.ascontiguousarray(array[start:start + rows]))
+    return out
+
+
+def gather(images: torch.Tensor, labels: torch.Tensor | None, indices: np.ndarray, runtime: Runtime
+           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``to_batch`` of a set held on the device: the same tensors, gathered there."""
+    index = torch.as_tensor(np.asarray(indices, dtype=np.int64), device=images.device)
+    x = _layout(images.index_select(0, index), runtime)
+    return x, labels.index_select(0, index).long() if labels is not None else None
 
 
 class Source(Protocol):
@@ -79,10 +124,13 @@ class Source(Protocol):
 
 
 class ArraySource:
-    """Images and labels held in memory (or memory-mapped), as the study trains."""
+    """Images and labels held in memory (or memory-mapped), as the study trains. On a GPU with room for them
+    (``holds_on_device``) they are copied to the device at the first batch, and batches are gathered there."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray):
         self.images, self.labels = images, labels
+        self._on_device: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self._checked = False
 
     def __len__(self) -> int:
         return len(self.images)
@@ -91,8 +139,20 @@ class ArraySource:
     def pixels(self) -> int:
         return int(self.images.shape[1] * self.images.shape[2])
 
-    def batch(self, indices: np.ndarray, step: int, runtime: Runtime) -> Batch:
+    def tensors(self, indices: np.ndarray, runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The batch's images and labels on the runtime's device (``to_batch``), from the device's copy when
+        there is one."""
+        if not self._checked:
+            self._checked = True
+            if holds_on_device(self.images, self.labels, runtime):
+                self._on_device = (to_device(self.images, runtime.device),
+                                   to_device(self.labels, runtime.device) if self.labels is not None else None)
+        if self._on_device is not None:
+            return gather(*self._on_device, indices, runtime)
         return to_batch(self.images, self.labels, indices, runtime)
+
+    def batch(self, indices: np.ndarray, step: int, runtime: Runtime) -> Batch:
+        return self.tensors(indices, runtime)
 
 
 class OnlineAugmented(ArraySource):
@@ -110,7 +170,7 @@ class OnlineAugmented(ArraySource):
     def batch(self, indices: np.ndarray, step: int, runtime: Runtime) -> Batch:
         generator = torch.Generator(device=runtime.device)
         generator.manual_seed(self.seed * 1_000_003 + step * 101 + runtime.rank)
-        images, labels = to_batch(self.images, self.labels, indices, runtime.but(channels_last=False))
+        images, labels = self.tensors(indices, runtime.but(channels_last=False))
         images, labels = augment_batch(images, labels, self.online, generator)
         if runtime.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
