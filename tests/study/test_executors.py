@@ -200,6 +200,21 @@ def test_the_plan_counts_the_study_and_estimates_its_time(tiny_paper, tmp_path, 
     assert "disk: about " in printed and "free there" in printed and "study.keep_datasets=false" in printed
 
 
+def test_the_plan_of_a_begun_study_says_what_is_finished_and_what_is_left(tiny_paper, tmp_path, capsys):
+    from cityscapes_lab.cli import main
+
+    out = tmp_path / "begun"
+    run_study(tiny_paper, out, ["ldt"], load_config(overrides=TINY), show_progress=False)
+    with pytest.raises(SystemExit) as exited:
+        main(["study", "--data", str(tiny_paper), "--out", str(out), "--approaches", "im", "--plan", "--throughput",
+              "100", *sum([["--set", s] for s in TINY], [])])
+    assert exited.value.code == 0
+    printed = capsys.readouterr().out
+    assert "| approach | run | n | generation | tasks | trainings | finished |" in printed
+    assert "| ldt | 1 | - | 1 | 3 | 2 | 2 |" in printed and "| im | 1 | 2 | 1 | 4 | 2 | 0 |" in printed
+    assert "2 of 6 trainings finished (0 failed), 0 running or interrupted; left: " in printed
+
+
 def test_the_full_study_plan(tiny_paper, tmp_path, capsys):
     """The study the README promises: 3 runs of the baselines and every approach over 5 generations."""
     from cityscapes_lab.cli import main

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from ..config import Config, format_config
 from ..data.prepared import PreparedData, load_prepared
 from ..engine.probe import probe_throughput
 from ..engine.runtime import Runtime, cpu_threads, load_note
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..outputs import check_output_folder, holds_only
 from ..study.approaches import BASELINES, study_splits
 from ..study.executors import EXECUTORS, make_executor
@@ -208,10 +209,28 @@ def disk_warning(needs: DiskNeeds, out: Path, keep_datasets: bool, slots: int) -
             f"{hint} (study --plan gives the details)")
 
 
+def training_statuses(out: Path) -> dict[str, str]:
+    """Training key -> status of the study in ``out`` (empty when none is there), read only: a driver running
+    there is not disturbed."""
+    database = StudyLayout(out).database
+    if not database.exists():
+        return {}
+    try:
+        db = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30)
+        try:
+            return dict(db.execute("SELECT key, status FROM trainings").fetchall())
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        raise DataError(f"{database}: not a readable results database ({exc}); restore it from a copy, or plan "
+                        "the study under a new --out") from None
+
+
 def describe_plan(data_dir: Path, out: Path, approaches: list[str], config: Config, throughput: float | None,
                   executor: str = "serial", parallel: int = 1, gpus_per_task: float = 0.0) -> str:
     """``study --plan``: the tasks per approach, run and generation, the trainings and images seen, and the time
-    at ``throughput`` images/s per training (measured here by a short probe when None)."""
+    at ``throughput`` images/s per training (measured here by a short probe when None); for a study begun in
+    ``out``, how many trainings are finished and what is left."""
     baselines, semisup = resolve_approaches(approaches)
     data = load_prepared(data_dir)
     check_settings(data, config, semisup, baselines)
@@ -223,22 +242,25 @@ def describe_plan(data_dir: Path, out: Path, approaches: list[str], config: Conf
     if throughput is None:
         throughput = probe_throughput(config.train, step_height, step_width, data.num_classes)
         source = f"measured here: {config.train.batch_size} images of {step_width}x{step_height} per step"
+    statuses = training_statuses(Path(out))  # a study begun in ``out``: how far it is
     rows: dict[tuple, list] = {}
     for node in plan.nodes:
         group = node.group
         row = rows.setdefault((group.approach + (" EvalNets" if group.role == "evalnets" else ""), group.run,
-                               group.n, group.generation), [0, 0, 0])
+                               group.n, group.generation), [0, 0, 0, 0])
         row[0] += 1
         if node.training:
             row[1] += 1
             row[2] += node.images
+            row[3] += statuses.get(str(node.key)) in ("done", "failed")
+    progress = " finished |" if statuses else ""
     lines = [f"plan of the study in {out}: {', '.join(baselines + semisup)} on {data_dir} ({data.protocol} protocol, "
              f"{width}x{height})", "",
-             "| approach | run | n | generation | tasks | trainings | images seen in training | hours |",
-             "|---|---|---|---|---|---|---|---|"]
-    for (name, run, n, generation), (tasks, trainings, images) in rows.items():
+             f"| approach | run | n | generation | tasks | trainings |{progress} images seen in training | hours |",
+             "|---|---|---|---|---|---|---|---|" + ("---|" if statuses else "")]
+    for (name, run, n, generation), (tasks, trainings, images, finished) in rows.items():
         lines.append(f"| {name} | {run or '-'} | {n or '-'} | {generation + 1} | {tasks} | {trainings} | "
-                     f"{images:,} | {images / throughput / 3600:.2f} |")
+                     + (f"{finished} | " if statuses else "") + f"{images:,} | {images / throughput / 3600:.2f} |")
     total_images = sum(node.images for node in plan.trainings)
     hours = total_images / throughput / 3600
     kinds = {}
@@ -248,6 +270,14 @@ def describe_plan(data_dir: Path, out: Path, approaches: list[str], config: Conf
               f"{len(plan.trainings)} trainings; {total_images:,} images seen in training "
               "(estimated where a training set is made during the study)",
               f"at {throughput:.1f} images/s per training ({source}): {hours:.1f} hours one training at a time"]
+    if statuses:
+        left = [node for node in plan.trainings if statuses.get(str(node.key)) not in ("done", "failed")]
+        failed = sum(statuses.get(str(node.key)) == "failed" for node in plan.trainings)
+        running = sum(statuses.get(str(node.key)) == "running" for node in plan.trainings)
+        left_images = sum(node.images for node in left)
+        lines.append(f"begun in {out}: {len(plan.trainings) - len(left)} of {len(plan.trainings)} trainings finished "
+                     f"({failed} failed), {running} running or interrupted; left: {left_images:,} images seen in "
+                     f"training, {left_images / throughput / 3600:.1f} hours one training at a time")
     if data.protocol == "standard":
         longest = max(plan.trainings, key=lambda node: node.images, default=None)
         if longest is not None:
