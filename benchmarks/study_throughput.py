@@ -177,6 +177,10 @@ def main() -> None:
 
         if not torch.cuda.is_available():
             sys.exit("--device cuda: no CUDA device here")
+        from cityscapes_lab.engine.runtime import visible_gpus
+
+        # the trainings share one GPU (the local executor would spread them over several)
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible_gpus()[0]
     cores = default_workers()
     waves = cuda or args.waves  # the layout of concurrent trainings on a GPU
     levels = [int(p) for p in (args.parallel or ("1,2,4,8" if waves else "2")).split(",")]

@@ -46,3 +46,35 @@ def test_a_process_that_outgrows_its_share_gets_an_out_of_memory_error(monkeypat
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, 0)
         torch.cuda.empty_cache()
+
+
+def test_local_workers_spread_over_several_gpus_and_share_each():
+    from cityscapes_lab.engine.runtime import worker_environments
+
+    # one device (or the CPU): every worker takes 1/N of it
+    assert worker_environments(3, []) == [{GPU_SHARE_ENV: "0.333333"}] * 3
+    assert worker_environments(1, []) == [{}]
+    # 5 workers on 2 GPUs: round-robin, 3 share the first and 2 the second
+    assert worker_environments(5, ["0", "1"]) == [
+        {"CUDA_VISIBLE_DEVICES": "0", GPU_SHARE_ENV: "0.333333"}, {"CUDA_VISIBLE_DEVICES": "1", GPU_SHARE_ENV: "0.5"},
+        {"CUDA_VISIBLE_DEVICES": "0", GPU_SHARE_ENV: "0.333333"}, {"CUDA_VISIBLE_DEVICES": "1", GPU_SHARE_ENV: "0.5"},
+        {"CUDA_VISIBLE_DEVICES": "0", GPU_SHARE_ENV: "0.333333"}]
+    # fewer workers than GPUs: one GPU each, all of it
+    assert worker_environments(2, ["3", "5", "7"]) == [{"CUDA_VISIBLE_DEVICES": "3"}, {"CUDA_VISIBLE_DEVICES": "5"}]
+
+
+def test_the_gpus_to_spread_over_are_the_visible_ones_when_the_device_names_none(monkeypatch):
+    from cityscapes_lab.engine import runtime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert runtime.worker_gpus("auto") == runtime.worker_gpus("cuda") == ["0", "1", "2", "3"]
+    assert runtime.worker_gpus("cuda:2") == [] and runtime.worker_gpus("cpu") == []  # the setting names a device
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-a1, GPU-b2")  # the parent's own list, as its children see it
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert runtime.worker_gpus("auto") == ["GPU-a1", "GPU-b2"]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert runtime.worker_gpus("auto") == []  # one GPU: all workers share it
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert runtime.worker_gpus("auto") == []

@@ -64,6 +64,20 @@ def test_local_processes_give_the_serial_scores(tiny_paper, tmp_path, serial_sco
     assert [sorted(p.name for p in (sets / g).iterdir()) for g in ("gen0", "gen1")] == [["stats.json"]] * 2
 
 
+def test_on_several_gpus_the_local_workers_spread_over_them(tiny_paper, tmp_path, serial_scores, monkeypatch):
+    """The workers' GPUs as a machine with 2 would give them (this one has none: the trainings run on the CPU, and
+    each records the GPU and share it was given)."""
+    from cityscapes_lab.semisup import study
+
+    monkeypatch.setattr(study, "worker_gpus", lambda device: ["0", "1"])
+    summary = run_study(tiny_paper, tmp_path / "study", ["im"], load_config(overrides=TINY), show_progress=False,
+                        executor="local", parallel=3)
+    assert (summary.trained, summary.failed) == (6, 0) and scores(tmp_path / "study") == serial_scores
+    workers = [json.loads(p.read_text()) for p in (tmp_path / "study").glob("models/**/worker.json")]
+    assert {(w["cuda_visible_devices"], w["gpu_share"]) for w in workers} <= {("0", 0.5), ("1", 1.0)}
+    assert len({w["cuda_visible_devices"] for w in workers}) == 2
+
+
 def test_ray_gives_the_serial_scores_and_retries_a_killed_worker(tiny_paper, tmp_path, serial_scores, ray_instance):
     """A Ray worker killed (kill -9) during a training: Ray runs the task again, it resumes from its last epoch
     checkpoint, and the study ends with the scores of the serial one. Its tasks leave train.threads at 0: each

@@ -77,6 +77,39 @@ def gpu_share() -> float:
     return share if 0 < share < 1 else 1.0
 
 
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` would name them to a child process: the
+    parent's own list where it has one (indices or UUIDs), else the indices."""
+    if not torch.cuda.is_available():
+        return []
+    count = torch.cuda.device_count()
+    given = [name.strip() for name in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if name.strip()]
+    return given[:count] if given else [str(index) for index in range(count)]
+
+
+def worker_gpus(train_device: str) -> list[str]:
+    """The GPUs local worker processes spread over: every visible one when there are several and
+    ``train.device`` names none in particular (auto, cuda); else none (the workers share the one device)."""
+    gpus = visible_gpus() if train_device in ("auto", "cuda") else []
+    return gpus if len(gpus) > 1 else []
+
+
+def worker_environments(parallel: int, gpus: list[str]) -> list[dict[str, str]]:
+    """The environment of each of ``parallel`` local workers: over several GPUs, worker i on GPU i mod G (its
+    ``CUDA_VISIBLE_DEVICES``, so that it sees that one as ``cuda``) with 1 / (the workers on it) of its memory;
+    on one device (or the CPU), 1 / ``parallel`` each."""
+    if not gpus:
+        return [{GPU_SHARE_ENV: f"{1 / parallel:.6g}"} if parallel > 1 else {} for _ in range(parallel)]
+    used = gpus[:parallel]
+    sharing = [len(range(gpu, parallel, len(used))) for gpu in range(len(used))]
+    environments = []
+    for worker in range(parallel):
+        gpu = worker % len(used)
+        share = {GPU_SHARE_ENV: f"{1 / sharing[gpu]:.6g}"} if sharing[gpu] > 1 else {}
+        environments.append({"CUDA_VISIBLE_DEVICES": used[gpu], **share})
+    return environments
+
+
 def claim_gpu_share(device: torch.device) -> None:
     """Cap this process's CUDA caching allocator at its share of the device's memory (less 5% for the processes'
     CUDA contexts, which lie outside the cap), so that a task that outgrows its share fails alone with an

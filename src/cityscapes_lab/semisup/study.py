@@ -20,7 +20,7 @@ from .. import atomic
 from ..config import Config, format_config
 from ..data.prepared import PreparedData, load_prepared
 from ..engine.probe import probe_throughput
-from ..engine.runtime import Runtime, cpu_threads, load_note
+from ..engine.runtime import Runtime, cpu_threads, load_note, worker_gpus
 from ..errors import ConfigError, DataError
 from ..outputs import check_output_folder, holds_only
 from ..study.approaches import BASELINES, study_splits
@@ -178,7 +178,8 @@ def run_study(data_dir: Path, out: Path, approaches: list[str], config: Config, 
         plan = plan_study(baselines, semisup, config, data, layout)
         progress = StudyProgress(len(plan.trainings), layout.log, show_progress)
         with store:
-            runner = make_executor(executor, parallel, ray_address, cpus_per_task, gpus_per_task)
+            gpus = tuple(worker_gpus(config.train.device)) if executor == "local" else ()
+            runner = make_executor(executor, parallel, ray_address, cpus_per_task, gpus_per_task, gpus)
             try:
                 if not store.trainings():  # a new study: will its outputs fit?
                     warning = disk_warning(disk_needs(plan), layout.root, config.study.keep_datasets, runner.slots)

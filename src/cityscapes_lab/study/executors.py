@@ -48,17 +48,17 @@ class SerialExecutor:
 
 class LocalExecutor:
     """``parallel`` worker processes of this machine (fresh interpreters that import only cityscapes-lab, and exit
-    with the driver), one task each at a time; on a GPU each takes 1/``parallel`` of its memory."""
+    with the driver), one task each at a time; on one GPU each takes 1/``parallel`` of its memory, over several
+    (``gpus``) they take turns (``runtime.worker_environments``)."""
 
-    def __init__(self, parallel: int):
-        from ..engine.runtime import GPU_SHARE_ENV
+    def __init__(self, parallel: int, gpus: tuple[str, ...] = ()):
+        from ..engine.runtime import worker_environments
         from ..parallel import _start_worker
 
         self.slots = parallel
         self._workers = []
-        share = {GPU_SHARE_ENV: f"{1 / parallel:.6g}"} if parallel > 1 else {}
-        for _ in range(parallel):
-            self._workers.append(_start_worker(self._workers, fork=False, env=share))
+        for env in worker_environments(parallel, list(gpus)):
+            self._workers.append(_start_worker(self._workers, fork=False, env=env))
         self._idle = list(self._workers)
         self._selector = selectors.DefaultSelector()
         self._count = 0
@@ -167,13 +167,13 @@ def _perform_on_gpu_share(task: Any, share: float) -> Any:
 
 
 def make_executor(name: str, parallel: int = 1, ray_address: str | None = None, cpus_per_task: float = 1.0,
-                  gpus_per_task: float = 0.0):
+                  gpus_per_task: float = 0.0, gpus: tuple[str, ...] = ()):
     if name == "serial":
         return SerialExecutor()
     if name == "local":
         if parallel < 1:
             raise ConfigError(f"--parallel {parallel}: must be at least 1")
-        return LocalExecutor(parallel)
+        return LocalExecutor(parallel, gpus)
     if name == "ray":
         return RayExecutor(ray_address, cpus_per_task, gpus_per_task)
     raise ConfigError(f"--executor {name!r}: choose one of {', '.join(EXECUTORS)}")

@@ -71,13 +71,14 @@ def open_train_set(data: PreparedData, train_set: str) -> SplitArrays:
 
 
 def note_worker(out: Path) -> None:
-    """``worker.json``: the host, process, torch threads and GPU share running the task now (to find it; nothing
-    reads it back)."""
+    """``worker.json``: the host, process, torch threads, GPU (its ``CUDA_VISIBLE_DEVICES``) and GPU share running
+    the task now (to find it; nothing reads it back)."""
     import os
     import socket
 
     atomic.write_json(out / "worker.json", {"host": socket.gethostname(), "pid": os.getpid(),
-                                            "threads": torch.get_num_threads(), "gpu_share": gpu_share()})
+                                            "threads": torch.get_num_threads(), "gpu_share": gpu_share(),
+                                            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")})
 
 
 @dataclass(frozen=True)
