@@ -534,6 +534,11 @@ def _students_set(study) -> Path:
     return study.layout.dataset("im/run1/n2/gen0") / "set"
 
 
+def _rows(study) -> list[str]:
+    """The EvalNets' row sets left in the study folder."""
+    return sorted(p.name for p in study.layout.dataset("im++.nets/run1/gen0").iterdir() if p.is_dir())
+
+
 @pytest.fixture
 def study(tiny_paper, tmp_path_factory):
     """``study(approach, *settings)``: a finished tiny study (cached per approach and settings)."""
@@ -632,7 +637,9 @@ STUDY = {
     "study.save_predictions": lambda study: len(list((study("ldt", "study.save_predictions=true").layout.root
                                                       / "predictions").rglob("*.png"))) == 2 * 4,
     "study.keep_datasets": lambda study: (_students_set(study("im")).exists()
-                                          and not _students_set(study("im", "study.keep_datasets=false")).exists()),
+                                          and not _students_set(study("im", "study.keep_datasets=false")).exists()
+                                          and _rows(study("im++")) == ["train", "val"]
+                                          and _rows(study("im++", "study.keep_datasets=false")) == []),
     "semisup.generations": lambda study: {r.generation for r in study(
         "im", "semisup.generations=2", "semisup.students=2").members("im")} == {0, 1},
     "semisup.students": lambda study: len(study("im", "semisup.students=2").members("im")) == 2,

@@ -207,8 +207,9 @@ class StudyConfig:
     eval_window: int = setting(0, "the sliding window (or centre crop) of study.eval_rule; 0 = the rule's own (801 "
                                   "or 769)")
     keep_datasets: bool = setting(True, "keep each generation's pseudo-labelled pairs and training set after its "
-                                        "students finish (false: delete them then, keeping stats.json and the "
-                                        "EvalNet selection; study --plan gives the disk either way)")
+                                        "students finish, and the EvalNets' rows after they are trained (false: "
+                                        "delete them then, keeping stats.json and the EvalNet selection; study "
+                                        "--plan gives the disk either way)")
 
     def __post_init__(self) -> None:
         _check(self.runs >= 1, "study.runs", "must be >= 1")

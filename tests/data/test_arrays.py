@@ -62,3 +62,26 @@ def test_a_linked_set_reads_its_sources_rows_and_copies_nothing(files):
     (folder / "b.npy").unlink()
     with pytest.raises(DataError, match="links to .*b.npy, which is missing"):
         load_arrays(folder / "moved" / "set")
+
+
+def test_blanked_rows_read_zero_under_their_mask_and_link_like_any_part(files):
+    from cityscapes_lab.data.rows import BlankedRows
+
+    folder, a, b = files
+    masks = np.random.default_rng(1).random((5, 3, 4)) > 0.5
+    np.save(folder / "m.npy", masks)
+    blanked = BlankedRows(RowArray(folder / "a.npy", np.array([4, 0, 2])), RowArray(folder / "m.npy")
+                          .subset(np.array([0, 1, 2])))
+    expected = np.where(masks[[0, 1, 2], ..., None], 0, a[[4, 0, 2]])
+    assert blanked.shape == (3, 3, 4, 3) and np.array_equal(np.asarray(blanked), expected)
+    assert np.array_equal(np.asarray(blanked.subset(np.array([2, 0]))), expected[[2, 0]])
+    stacked = StackedRows([blanked, RowArray(folder / "b.npy")])
+    assert np.array_equal(np.asarray(stacked.subset(np.array([4, 1]))), np.concatenate([b[[1]], expected[[1]]]))
+    np.save(folder / "l.npy", a[..., 0])
+    link_arrays(folder / "set", "set", [f"id{i}" for i in range(7)], [blanked, RowArray(folder / "b.npy")],
+                [RowArray(folder / "l.npy", np.array([4, 0, 2])), RowArray(folder / "l.npy", np.array([0, 1, 2, 3]))])
+    assert np.array_equal(np.asarray(load_arrays(folder / "set").images), np.concatenate([expected, b]))
+    links = json.loads((folder / "set" / "links.json").read_text())
+    assert links["images"][0]["blank"]["file"] == "../m.npy" and "blank" not in links["images"][1]
+    with pytest.raises(ValueError, match="a mask row of the image's size"):
+        BlankedRows(RowArray(folder / "a.npy"), RowArray(folder / "m.npy").subset(np.array([0, 1])))

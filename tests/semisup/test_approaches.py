@@ -71,6 +71,7 @@ def test_im_sets_hold_the_im_class_where_teachers_disagree_and_black_out_the_inp
     labels, images = np.asarray(pairs.labels), np.asarray(pairs.images)
     assert np.all(labels[disagree] == 0) and np.array_equal(labels[~disagree], predicted[0][~disagree])
     assert np.all(images[disagree] == 0) and np.array_equal(images[~disagree], np.asarray(split.images)[~disagree])
+    assert not (folder / "pairs" / "images.npy").exists()  # the prepared images, blanked by the masks as read
     students_set = load_arrays(folder / "set")
     assert len(students_set) == 4 + len(split)  # the labeled originals plus the IM pairs
     assert np.array_equal(np.asarray(students_set.labels)[4:], labels)

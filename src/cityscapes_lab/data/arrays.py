@@ -16,7 +16,7 @@ from .. import atomic
 from ..errors import DataError
 from ..outputs import check_output_folder, holds_only
 from .prepared import SplitArrays
-from .rows import RowArray, StackedRows
+from .rows import BlankedRows, RowArray, StackedRows
 
 LINKS = "links.json"
 
@@ -51,30 +51,43 @@ def link_arrays(folder: Path, name: str, ids: list[str], images: list[RowArray],
     atomic.publish_folder(partial, folder)
 
 
-def links_to(folder: Path, **parts: list[RowArray]) -> dict:
+def links_to(folder: Path, partial: Path | None = None, **parts: list[RowArray | BlankedRows]) -> dict:
     """The ``links.json`` of a set in ``folder`` whose named arrays (images, labels) are rows of other files; an
-    array it does not name is the folder's own ``.npy`` file (e.g. pseudo-labels beside linked images)."""
-    def describe(part: RowArray) -> dict:
-        path = part.path.resolve()
-        return {"file": os.path.relpath(path, Path(folder).resolve()), "absolute": str(path),
-                "rows": None if part.rows is None else part.rows.tolist(), "bytes": path.stat().st_size}
+    array it does not name is the folder's own ``.npy`` file (e.g. pseudo-labels beside linked images). A
+    ``BlankedRows`` part links its mask too. Files inside ``partial`` (the folder being written) are named as
+    they will be once it is published as ``folder``."""
+    final = Path(folder).resolve()
+
+    def describe(part: RowArray | BlankedRows) -> dict:
+        if isinstance(part, BlankedRows):
+            return {**describe(part.images), "blank": describe(part.masks)}
+        path, size = part.path.resolve(), part.path.stat().st_size
+        if partial is not None and path.is_relative_to(Path(partial).resolve()):
+            path = final / path.relative_to(Path(partial).resolve())
+        return {"file": os.path.relpath(path, final), "absolute": str(path),
+                "rows": None if part.rows is None else part.rows.tolist(), "bytes": size}
 
     return {kind: [describe(p) for p in kind_parts] for kind, kind_parts in parts.items()}
 
 
 def _linked(folder: Path, parts: list[dict]) -> StackedRows:
-    arrays = []
-    for part in parts:
-        path = next((p for p in (folder / part["file"], Path(part["absolute"])) if p.exists()), None)
-        if path is None:
-            raise DataError(f"{folder}: the set links to {part['absolute']}, which is missing; the study's data "
-                            "or its pseudo-labelled pairs were moved or deleted: restore them, or run the study in "
-                            "a new folder")
-        if path.stat().st_size != part["bytes"]:
-            raise DataError(f"{folder}: {path} changed after this set was made from it; restore it, or run the "
-                            "study in a new folder")
-        arrays.append(RowArray(path, None if part["rows"] is None else np.asarray(part["rows"], dtype=np.int64)))
-    return StackedRows(arrays)
+    return StackedRows([_part(folder, part) for part in parts])
+
+
+def _part(folder: Path, part: dict) -> RowArray | BlankedRows:
+    """One linked part: rows of a file (checked to be there and unchanged), blanked by a mask where it has one."""
+    if "blank" in part:
+        rows = _part(folder, {key: value for key, value in part.items() if key != "blank"})
+        return BlankedRows(rows, _part(folder, part["blank"]))
+    path = next((p for p in (folder / part["file"], Path(part["absolute"])) if p.exists()), None)
+    if path is None:
+        raise DataError(f"{folder}: the set links to {part['absolute']}, which is missing; the study's data "
+                        "or its pseudo-labelled pairs were moved or deleted: restore them, or run the study in "
+                        "a new folder")
+    if path.stat().st_size != part["bytes"]:
+        raise DataError(f"{folder}: {path} changed after this set was made from it; restore it, or run the "
+                        "study in a new folder")
+    return RowArray(path, None if part["rows"] is None else np.asarray(part["rows"], dtype=np.int64))
 
 
 def load_arrays(folder: Path, lazy: bool = True) -> SplitArrays:

@@ -119,11 +119,36 @@ class RowArray(LazyRows):
         return RowArray(self.path, self._file_indices(np.asarray(rows, dtype=np.int64)))
 
 
-class StackedRows(LazyRows):
-    """Several ``RowArray`` parts (rows of the same shape and type) read as one (N, ...) array, part after part:
-    a training set that refers to the rows of other files instead of copying them (``data.arrays`` links)."""
+class BlankedRows(LazyRows):
+    """Image rows (N, H, W, 3) read with 0 wherever the same rows of a mask (N, H, W) are true: IM's blocked input,
+    kept as the unlabeled images and the masks instead of a second copy of the images."""
 
-    def __init__(self, parts: list[RowArray]):
+    def __init__(self, images: RowArray, masks: RowArray):
+        if len(images) != len(masks) or images.shape[1:3] != masks.shape[1:]:
+            raise ValueError("blanked rows need a mask row of the image's size for every image row")
+        self.images, self.masks = images, masks
+        self.dtype = images.dtype
+        self._row_shape = images.shape[1:]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _rows(self, positions: np.ndarray) -> np.ndarray:
+        out = self.images._rows(positions)
+        out[self.masks._rows(positions).astype(bool)] = 0
+        return out
+
+    def subset(self, rows: np.ndarray) -> BlankedRows:
+        """The given rows (positions within this array), as another lazy array."""
+        return BlankedRows(self.images.subset(rows), self.masks.subset(rows))
+
+
+class StackedRows(LazyRows):
+    """Several ``RowArray`` (or ``BlankedRows``) parts, rows of the same shape and type, read as one (N, ...) array,
+    part after part: a training set that refers to the rows of other files instead of copying them
+    (``data.arrays`` links)."""
+
+    def __init__(self, parts: list[RowArray | BlankedRows]):
         if not parts or len({(p.dtype, p.shape[1:]) for p in parts}) != 1:
             raise ValueError("stacked parts need the same row shape and type")
         self.parts = list(parts)
@@ -142,7 +167,7 @@ class StackedRows(LazyRows):
             out[where] = self.parts[part][positions[where] - self._starts[part]]
         return out
 
-    def subset(self, rows: np.ndarray) -> StackedRows | RowArray:
+    def subset(self, rows: np.ndarray) -> StackedRows | RowArray | BlankedRows:
         """The given rows (positions within this array), as another lazy array."""
         rows = np.arange(len(self))[np.asarray(rows, dtype=np.int64)]
         part_of = np.searchsorted(self._starts, rows, side="right") - 1

@@ -18,7 +18,7 @@ from ..study.keys import GroupKey, StudyLayout, TrainingKey, derive_seed
 from ..study.tasks import AldtSetTask
 from .consistency import STRENGTHS
 from .recipes import RECIPES, Recipe
-from .runner import _source_group, _teacher_count, drop_generation_sets, n_values, selection_steps
+from .runner import _source_group, _teacher_count, drop_sets, n_values, selection_steps
 from .tasks import EvalNetTask, RowsTask, SetTask
 
 
@@ -127,7 +127,8 @@ class _Builder:
 
         rows = self.plan.add(Node(f"rows {group}", "rows", group, tuple(f"rank {GroupKey(b, run)}" for b in bases),
                                   make=make_rows, finished=lambda ctx: (folder / "val" / "ids.json").exists()
-                                  or all(_done(ctx, k) for k in keys), disk=self._rows_disk(recipe)))
+                                  or all(_done(ctx, k) for k in keys), disk=self._rows_disk(recipe),
+                                  transient=self._rows_disk(recipe)))
 
         def seed_of(key: TrainingKey) -> int:
             return derive_seed(config.study.seed, str(key))
@@ -142,8 +143,9 @@ class _Builder:
         images = config.semisup.evalnet_epochs * max(1, rows_estimate // self.batch) * self.batch
         nodes = self.trainings(group, config.semisup.evalnets, (rows.id,), make_net, images, kind="evalnet",
                                seed_of=seed_of)
+        drop = None if config.study.keep_datasets else lambda ctx: drop_sets(folder, ("train", "val"))
         return self.rank(group, keys, [n.id for n in nodes], split="val", metric="total_loss",
-                         higher_is_better=False)
+                         higher_is_better=False, then=drop)
 
     def consistency(self, group: GroupKey) -> None:
         config = self.config
@@ -199,7 +201,7 @@ class _Builder:
                                self.segmentation_images(self._set_estimate(recipe),
                                                         epochs=config.semisup.student_epochs), alpha=alpha)
         # once the students are done nothing reads their set again (a rerun skips the finished set)
-        drop = None if config.study.keep_datasets else lambda ctx: drop_generation_sets(folder)
+        drop = None if config.study.keep_datasets else lambda ctx: drop_sets(folder, ("set", "pairs"))
         self.rank(group, keys, [n.id for n in nodes], then=drop)
 
     def _alpha(self, recipe: Recipe, group: GroupKey) -> float:
@@ -235,15 +237,13 @@ class _Builder:
         return self._checkpoints[alpha]
 
     def _set_disk(self, recipe: Recipe) -> tuple[int, int]:
-        """(bytes, of which transient) of a generation's sets: the pseudo pairs (labels; IM: masks and the
-        blocked images) and the composed set (links to the pairs and the labeled data, unless it has augmented
+        """(bytes, of which transient) of a generation's sets: the pseudo pairs (labels; IM: the masks too; the
+        images are links) and the composed set (links to the pairs and the labeled data, unless it has augmented
         copies); the EvalNet approach keeps its selection (the next generation reads it), its set links to it."""
         pixels, unlabeled = self.pixels, self.sizes.get("train_unlabeled", 0)
         if recipe.rule == "evalnet_selection":
             return unlabeled * (pixels + 9), 0  # masks, scores (float64), selected flags; the set: links
-        im = recipe.rule == "im"
-        copied_images = im and self.config.semisup.block_input  # else the pairs link to the unlabeled images
-        pairs = unlabeled * pixels * (1 + im + 3 * copied_images)  # labels, IM masks, blocked images
+        pairs = unlabeled * pixels * (2 if recipe.rule == "im" else 1)  # labels, IM masks; images: links
         composed = self._set_estimate(recipe) * pixels * 4 if recipe.augmented else 0
         return pairs + composed, pairs + composed
 
@@ -279,13 +279,13 @@ def plan_study(baselines: list[str], approaches: list[str], config: Config, data
 
 @dataclass(frozen=True)
 class DiskNeeds:
-    """The disk a plan's outputs take (estimates): checkpoints, the sets that stay (the ALDT set, the EvalNets'
-    rows and selections), and each generation's sets, which ``study.keep_datasets = false`` deletes once its
-    students are done."""
+    """The disk a plan's outputs take (estimates): checkpoints, the sets that stay (the ALDT set, the EvalNet
+    selections), and those ``study.keep_datasets = false`` deletes once their group is done (each generation's
+    pairs and set, the EvalNets' rows)."""
 
     checkpoints: int
     kept: int
-    generations: tuple[int, ...]  # largest first
+    generations: tuple[int, ...]  # the deletable sets of each step, largest first
 
     @property
     def total(self) -> int:

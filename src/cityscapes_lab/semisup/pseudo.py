@@ -16,7 +16,7 @@ from .. import atomic
 from ..data.arrays import LINKS, link_arrays, links_to, load_arrays
 from ..data.augment import AugmentParams, augment
 from ..data.prepared import SplitArrays
-from ..data.rows import RowArray, StackedRows
+from ..data.rows import BlankedRows, RowArray, StackedRows
 from ..models.checkpoints import load_checkpoint
 from ..engine.runtime import Runtime
 from ..models import build_model
@@ -89,9 +89,9 @@ class LabelingRule:
             raise ValueError(f"unknown labelling rule {self.kind!r}; the rules are: {', '.join(self.KINDS)}")
 
     @property
-    def keeps_images(self) -> bool:
-        """Whether its pairs hold the unlabeled images unchanged (only IM's blocked input changes them)."""
-        return not (self.kind == "im" and self.block_input)
+    def blocks_input(self) -> bool:
+        """Whether its pairs' images are the unlabeled images with the IM mask set to 0 (else they are unchanged)."""
+        return self.kind == "im" and self.block_input
 
 
 def label_batch(models: list[nn.Module], images: np.ndarray, ids: list[str], rule: LabelingRule,
@@ -124,15 +124,15 @@ def label_batch(models: list[nn.Module], images: np.ndarray, ids: list[str], rul
 def write_pseudo_pairs(folder: Path, models: list[nn.Module], split: SplitArrays, rule: LabelingRule,
                        runtime: Runtime, seed: int, batch_size: int = 8,
                        progress: Callable[[int], None] = lambda n: None) -> SplitArrays:
-    """Label every image of ``split`` and save the pairs (and IM masks) as an array folder, atomically. Pairs that
-    hold the images unchanged link to the split's rows rather than copy them (a quarter of the bytes)."""
+    """Label every image of ``split`` and save the pairs (and IM masks) as an array folder, atomically. The
+    images are links to the split's rows (blanked by the IM masks where IM blocks the input), not a copy."""
     folder = Path(folder)
     partial = atomic.partial_path(folder)
     if partial.exists():
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
     n, shape = len(split), split.images.shape[1:3]
-    linked = _row_parts(split.images) if rule.keeps_images else None
+    linked = _row_parts(split.images)  # None: the split is held in memory, so its pairs hold their own images
     images = None if linked else np.lib.format.open_memmap(partial / "images.npy", "w+", np.uint8, (n, *shape, 3))
     labels = np.lib.format.open_memmap(partial / "labels.npy", "w+", np.uint8, (n, *shape))
     masks = np.lib.format.open_memmap(partial / "masks.npy", "w+", bool, (n, *shape)) if rule.kind == "im" else None
@@ -151,7 +151,9 @@ def write_pseudo_pairs(folder: Path, models: list[nn.Module], split: SplitArrays
             array.flush()
     del images, labels, masks
     if linked:
-        atomic.write_json(partial / LINKS, links_to(folder, images=linked))
+        if rule.blocks_input:
+            linked = _blanked(linked, RowArray(partial / "masks.npy"))
+        atomic.write_json(partial / LINKS, links_to(folder, partial, images=linked))
     atomic.write_json(partial / "ids.json", {"name": split.name, "ids": list(split.ids)})
     atomic.publish_folder(partial, folder)
     return load_arrays(folder)
@@ -185,9 +187,18 @@ def _sources(pairs: SplitArrays, parts: SetParts) -> Iterator[tuple[str, str, in
                 yield "pair", image_id, row, copy
 
 
-def _row_parts(array) -> list[RowArray] | None:
+def _blanked(parts: list[RowArray], masks: RowArray) -> list[BlankedRows]:
+    """``parts`` (a split's rows, in order) each blanked by its rows of ``masks``."""
+    blanked, start = [], 0
+    for part in parts:
+        blanked.append(BlankedRows(part, masks.subset(np.arange(start, start + len(part)))))
+        start += len(part)
+    return blanked
+
+
+def _row_parts(array) -> list[RowArray | BlankedRows] | None:
     """The on-disk parts of a lazily read array (None for one held in memory)."""
-    if isinstance(array, RowArray):
+    if isinstance(array, (RowArray, BlankedRows)):
         return [array]
     if isinstance(array, StackedRows):
         return list(array.parts)

@@ -209,11 +209,12 @@ def select_masks(ctx: Workspace, group: GroupKey, nets: list[Path], candidates: 
     return final
 
 
-def drop_generation_sets(folder: Path) -> None:
-    """Delete a finished generation's pseudo pairs and training set (``study.keep_datasets = false``), with any
-    half-written copy of them; ``stats.json`` (the report's) and the EvalNet selection (the next generation's
+def drop_sets(folder: Path, names: tuple[str, ...]) -> None:
+    """Delete the named sets of a finished group (``study.keep_datasets = false``: a generation's ``set`` and
+    ``pairs``, the EvalNets' ``train`` and ``val`` rows), with any half-written copy of them, in that order (a set
+    first: it links to the pairs); ``stats.json`` (the report's) and the EvalNet selection (the next generation's
     input) stay."""
-    for name in ("set", "pairs"):  # the set first: it links to the pairs
+    for name in names:
         for path in (folder / name, atomic.partial_path(folder / name)):
             shutil.rmtree(path, ignore_errors=True)
 

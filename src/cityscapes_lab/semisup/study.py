@@ -321,10 +321,11 @@ def _disk_line(needs: DiskNeeds, out: Path, keep_datasets: bool, slots: int) -> 
     free = free_bytes(out)
     line = (f"disk: about {_gigabytes(needs.total)} in {out} ({_gigabytes(needs.checkpoints)} of checkpoints, "
             f"{_gigabytes(needs.total - needs.checkpoints)} of training sets under datasets/, the largest "
-            f"generation's {_gigabytes(max(needs.generations, default=0))}); ")
+            f"step's {_gigabytes(max(needs.generations, default=0))}); ")
     if keep_datasets:
-        line += ("with --set study.keep_datasets=false each generation's sets are deleted once its students finish: "
-                 f"at most about {_gigabytes(needs.at_once(False, slots))} at once")
+        line += ("with --set study.keep_datasets=false each generation's sets are deleted once its students finish "
+                 f"(and the EvalNets' rows once they are trained): at most about "
+                 f"{_gigabytes(needs.at_once(False, slots))} at once")
     else:
         line += f"study.keep_datasets=false: at most about {_gigabytes(needs.at_once(False, slots))} at once"
     line += f"; {_gigabytes(free)} free there"
