@@ -80,9 +80,10 @@ class TrainConfig:
     precision: str = setting("auto", "auto (bf16 autocast on a GPU, fp32 on the CPU), fp32, bf16 or fp16 (GPU only, "
                                      "with loss scaling)")
     channels_last: bool = setting(True, "channels-last memory layout (faster convolutions)")
-    device_data: bool = setting(True, "GPU: hold the training set in device memory when it takes at most a quarter "
-                                      "of this process's share of it (batches are gathered there: no copy from the "
-                                      "host per step; the same batches); off: copy each batch from the host")
+    device_data: bool = setting(True, "GPU: hold the training set in device memory when it takes at most half of "
+                                      "the memory this process's share leaves unused after the first step "
+                                      "(batches are gathered there: no copy from the host per step; the same "
+                                      "batches); off: copy each batch from the host")
     compile: bool = setting(False, "torch.compile the training step's model (slow first step, faster after)")
     recompute: str = setting("auto", "recompute activations in the backward pass: half the memory, ~10% more time; "
                                      "auto = on for the CPU with large batches (1M pixels and more); on; off")

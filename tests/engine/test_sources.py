@@ -40,34 +40,37 @@ def test_a_lazily_read_set_is_copied_a_few_rows_at_a_time(tmp_path):
 
 def test_only_a_gpu_with_room_for_the_set_holds_it(monkeypatch):
     set_bytes = IMAGES.nbytes + LABELS.nbytes
-    monkeypatch.setattr(sources, "device_memory", lambda device: 4 * set_bytes)  # a quarter: just fits
+    monkeypatch.setattr(sources, "device_memory", lambda device: 10 * set_bytes)
+    monkeypatch.setattr(sources, "reserved_memory", lambda device: 8 * set_bytes)  # half the rest: just fits
     gpu = Runtime(torch.device("cuda"))  # a description only: nothing runs on it
     assert holds_on_device(IMAGES, LABELS, gpu)
     assert not holds_on_device(IMAGES, LABELS, Runtime.cpu())  # on the CPU the arrays are where they are used
     assert not holds_on_device(IMAGES, LABELS, gpu.but(device_data=False))
-    monkeypatch.setattr(sources, "device_memory", lambda device: 4 * set_bytes - 1)
+    monkeypatch.setattr(sources, "reserved_memory", lambda device: 8 * set_bytes + 1)  # the network needs more
     assert not holds_on_device(IMAGES, LABELS, gpu)
     assert Runtime.from_config(TrainConfig(device="cpu", device_data=False)).device_data is False
 
 
-def test_the_source_copies_the_set_once_and_gathers_every_batch_from_it(monkeypatch):
-    copies = []
-    monkeypatch.setattr(sources, "holds_on_device", lambda images, labels, runtime: True)
+def test_after_the_first_batch_the_source_copies_the_set_once_and_gathers_the_rest_from_it(monkeypatch):
+    copies, asked = [], []
+    monkeypatch.setattr(sources, "holds_on_device", lambda images, labels, runtime: asked.append(len(copies)) or True)
     monkeypatch.setattr(sources, "to_device", lambda array, device: copies.append(len(array)) or torch.from_numpy(
         np.array(array)))
     source, runtime = ArraySource(IMAGES, LABELS), Runtime.cpu()
     for step in range(3):
         indices = (INDICES + step) % len(IMAGES)
         same(source.batch(indices, step, runtime), to_batch(IMAGES, LABELS, indices, runtime))
-    assert copies == [10, 10]  # images and labels, once
+    assert asked == [0] and copies == [10, 10]  # asked once, at the second batch; images and labels, once
 
 
 @pytest.mark.gpu
 def test_on_a_gpu_the_held_set_gives_the_batches_copied_from_the_host():
     runtime = Runtime(torch.device("cuda"))
     source = ArraySource(IMAGES, LABELS)
-    same(source.batch(INDICES, 0, runtime), to_batch(IMAGES, LABELS, INDICES, runtime))
+    for step in range(3):
+        same(source.batch(INDICES, step, runtime), to_batch(IMAGES, LABELS, INDICES, runtime))
     assert source._on_device is not None and source._on_device[0].is_cuda
     host = ArraySource(IMAGES, LABELS)
-    same(host.batch(INDICES, 0, runtime.but(device_data=False)), to_batch(IMAGES, LABELS, INDICES, runtime))
+    for step in range(3):
+        same(host.batch(INDICES, step, runtime.but(device_data=False)), to_batch(IMAGES, LABELS, INDICES, runtime))
     assert host._on_device is None

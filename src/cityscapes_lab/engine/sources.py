@@ -70,13 +70,18 @@ def _layout(images: torch.Tensor, runtime: Runtime) -> torch.Tensor:
     return x if runtime.channels_last else x.contiguous()
 
 
-#: the share of this process's GPU memory a training set may take to be held on the device
-DEVICE_DATA_SHARE = 0.25
+#: the share of the GPU memory a training left unused in its first step that its training set may take
+DEVICE_DATA_SHARE = 0.5
 
 
 def device_memory(device: torch.device) -> int:
     """Bytes of the GPU this process may use: the device's memory times its share (``runtime.gpu_share``)."""
     return int(torch.cuda.get_device_properties(device).total_memory * gpu_share())
+
+
+def reserved_memory(device: torch.device) -> int:
+    """The most GPU memory this process's allocator has held so far."""
+    return int(torch.cuda.max_memory_reserved(device))
 
 
 def _nbytes(array) -> int:
@@ -85,11 +90,12 @@ def _nbytes(array) -> int:
 
 def holds_on_device(images, labels, runtime: Runtime) -> bool:
     """Whether a training set goes to device memory (``train.device_data``): on a GPU, when images and labels
-    take at most ``DEVICE_DATA_SHARE`` of the memory this process may use, so that the network keeps the rest."""
+    take at most ``DEVICE_DATA_SHARE`` of the memory this process may use and has not used so far (asked after a
+    training step, whose peak is then known), so that a network that needs most of the device keeps it."""
     if runtime.device.type == "cpu" or not runtime.device_data:
         return False
     size = _nbytes(images) + (_nbytes(labels) if labels is not None else 0)
-    return size <= DEVICE_DATA_SHARE * device_memory(runtime.device)
+    return size <= DEVICE_DATA_SHARE * (device_memory(runtime.device) - reserved_memory(runtime.device))
 
 
 def to_device(array, device: torch.device, rows: int = 256) -> torch.Tensor:
@@ -125,12 +131,13 @@ class Source(Protocol):
 
 class ArraySource:
     """Images and labels held in memory (or memory-mapped), as the study trains. On a GPU with room for them
-    (``holds_on_device``) they are copied to the device at the first batch, and batches are gathered there."""
+    (``holds_on_device``, asked at the second batch: after a step) they are copied to the device, and later
+    batches are gathered there; the batches are the same either way."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray):
         self.images, self.labels = images, labels
         self._on_device: tuple[torch.Tensor, torch.Tensor | None] | None = None
-        self._checked = False
+        self._batches = 0
 
     def __len__(self) -> int:
         return len(self.images)
@@ -142,8 +149,8 @@ class ArraySource:
     def tensors(self, indices: np.ndarray, runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The batch's images and labels on the runtime's device (``to_batch``), from the device's copy when
         there is one."""
-        if not self._checked:
-            self._checked = True
+        self._batches += 1
+        if self._batches == 2:  # the first step's memory is known now
             if holds_on_device(self.images, self.labels, runtime):
                 self._on_device = (to_device(self.images, runtime.device),
                                    to_device(self.labels, runtime.device) if self.labels is not None else None)
