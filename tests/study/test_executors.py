@@ -265,7 +265,7 @@ def test_disk_needs_and_the_warning_of_a_study_that_would_not_fit(tiny_paper, tm
     from cityscapes_lab.semisup import study
     from cityscapes_lab.semisup.plan import DiskNeeds
 
-    needs = DiskNeeds(checkpoints=10**9, kept=2 * 10**9, generations=(5 * 10**9, 4 * 10**9, 10**9))
+    needs = DiskNeeds(checkpoints=10**9, kept=2 * 10**9, deletable=(5 * 10**9, 4 * 10**9, 10**9))
     assert (needs.total, needs.at_once(True, 2), needs.at_once(False, 1), needs.at_once(False, 2)) == (
         13 * 10**9, 13 * 10**9, 8 * 10**9, 12 * 10**9)
     monkeypatch.setattr(study, "free_bytes", lambda out: 8 * 10**9)

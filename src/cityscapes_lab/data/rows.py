@@ -135,7 +135,7 @@ class BlankedRows(LazyRows):
 
     def _rows(self, positions: np.ndarray) -> np.ndarray:
         out = self.images._rows(positions)
-        out[self.masks._rows(positions).astype(bool)] = 0
+        out[self.masks._rows(positions).astype(bool, copy=False)] = 0
         return out
 
     def subset(self, rows: np.ndarray) -> BlankedRows:

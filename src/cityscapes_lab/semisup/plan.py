@@ -125,10 +125,10 @@ class _Builder:
             return RowsTask(str(ctx.layout.root), str(ctx.data.root), config.to_dict(), approach, run, members,
                             ctx.threads)
 
+        rows_disk = self._rows_disk(recipe)  # all of it deletable once the EvalNets are trained
         rows = self.plan.add(Node(f"rows {group}", "rows", group, tuple(f"rank {GroupKey(b, run)}" for b in bases),
                                   make=make_rows, finished=lambda ctx: (folder / "val" / "ids.json").exists()
-                                  or all(_done(ctx, k) for k in keys), disk=self._rows_disk(recipe),
-                                  transient=self._rows_disk(recipe)))
+                                  or all(_done(ctx, k) for k in keys), disk=rows_disk, transient=rows_disk))
 
         def seed_of(key: TrainingKey) -> int:
             return derive_seed(config.study.seed, str(key))
@@ -285,15 +285,15 @@ class DiskNeeds:
 
     checkpoints: int
     kept: int
-    generations: tuple[int, ...]  # the deletable sets of each step, largest first
+    deletable: tuple[int, ...]  # the deletable sets of each step, largest first
 
     @property
     def total(self) -> int:
-        return self.checkpoints + self.kept + sum(self.generations)
+        return self.checkpoints + self.kept + sum(self.deletable)
 
     def at_once(self, keep_datasets: bool, slots: int = 1) -> int:
         """At most at once: everything when sets are kept, else the sets of ``slots`` groups in flight."""
-        return self.total if keep_datasets else self.checkpoints + self.kept + sum(self.generations[:slots])
+        return self.total if keep_datasets else self.checkpoints + self.kept + sum(self.deletable[:slots])
 
 
 def disk_needs(plan: Plan) -> DiskNeeds:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,13 +273,13 @@ def describe_plan(data_dir: Path, out: Path, approaches: list[str], config: Conf
               "(estimated where a training set is made during the study)",
               f"at {throughput:.1f} images/s per training ({source}): {hours:.1f} hours one training at a time"]
     if statuses:
-        left = [node for node in plan.trainings if statuses.get(str(node.key)) not in ("done", "failed")]
-        failed = sum(statuses.get(str(node.key)) == "failed" for node in plan.trainings)
-        running = sum(statuses.get(str(node.key)) == "running" for node in plan.trainings)
-        left_images = sum(node.images for node in left)
-        lines.append(f"begun in {out}: {len(plan.trainings) - len(left)} of {len(plan.trainings)} trainings finished "
-                     f"({failed} failed), {running} running or interrupted; left: {left_images:,} images seen in "
-                     f"training, {left_images / throughput / 3600:.1f} hours one training at a time")
+        status = {node.id: statuses.get(str(node.key)) for node in plan.trainings}
+        counts = Counter(status.values())
+        left_images = sum(node.images for node in plan.trainings if status[node.id] not in ("done", "failed"))
+        lines.append(f"begun in {out}: {counts['done'] + counts['failed']} of {len(plan.trainings)} trainings "
+                     f"finished ({counts['failed']} failed), {counts['running']} running or interrupted; left: "
+                     f"{left_images:,} images seen in training, {left_images / throughput / 3600:.1f} hours one "
+                     "training at a time")
     if data.protocol == "standard":
         longest = max(plan.trainings, key=lambda node: node.images, default=None)
         if longest is not None:
@@ -321,7 +322,7 @@ def _disk_line(needs: DiskNeeds, out: Path, keep_datasets: bool, slots: int) -> 
     free = free_bytes(out)
     line = (f"disk: about {_gigabytes(needs.total)} in {out} ({_gigabytes(needs.checkpoints)} of checkpoints, "
             f"{_gigabytes(needs.total - needs.checkpoints)} of training sets under datasets/, the largest "
-            f"step's {_gigabytes(max(needs.generations, default=0))}); ")
+            f"step's {_gigabytes(max(needs.deletable, default=0))}); ")
     if keep_datasets:
         line += ("with --set study.keep_datasets=false each generation's sets are deleted once its students finish "
                  f"(and the EvalNets' rows once they are trained): at most about "
