@@ -47,14 +47,17 @@ def stack_models(models: list[nn.Module]) -> nn.Module:
     k = len(models)
     for name, module in list(stacked.named_modules()):
         same = [p[name] for p in parts]
+        # built where the models are (a new module is on the CPU by default)
+        where = {"device": module.weight.device, "dtype": module.weight.dtype} if hasattr(module, "weight") else {}
         if isinstance(module, nn.Conv2d):
             new = nn.Conv2d(k * module.in_channels, k * module.out_channels, module.kernel_size,
-                            module.stride, module.padding, module.dilation, k * module.groups, module.bias is not None)
+                            module.stride, module.padding, module.dilation, k * module.groups, module.bias is not None,
+                            **where)
             new.weight.data.copy_(torch.cat([m.weight.data for m in same]))
             if module.bias is not None:
                 new.bias.data.copy_(torch.cat([m.bias.data for m in same]))
         elif isinstance(module, nn.BatchNorm2d):
-            new = type(module)(k * module.num_features, module.eps, module.momentum)
+            new = type(module)(k * module.num_features, module.eps, module.momentum, **where)
             for tensor in ("weight", "bias", "running_mean", "running_var"):
                 getattr(new, tensor).data.copy_(torch.cat([getattr(m, tensor).data for m in same]))
         else:

@@ -21,7 +21,7 @@
 #                                         --parallel 2, report), from the command line
 #   zoo          zoo                      hrnet_w48_ocr and upernet_internimage_l at 1024x2048, fp32 against bf16:
 #                                         time, peak memory, share of pixels whose class differs
-#   train-step   train_step               benchmarks/train_step.py --steps 5 on cuda
+#   train-step   train_step               benchmarks/train_step.py --steps 5 --rounds 1 --alphas 1 on cuda
 #   standard     standard study           the semi-supervised benchmark's study (LDT + IM, DeepLabV3+) on cuda
 #   deeplab      DeepLabV3+ step          benchmarks/deeplab_step.py: one supervised R50 step at crop 801,
 #                                         batch 8, fp32 and bf16, and the projected time of one training
@@ -60,7 +60,7 @@ else
   DEVICE_NAME=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
   DEVICE_NAME=${DEVICE_NAME:-$("$PY" -c 'import torch; print(torch.cuda.get_device_name(0))' 2>/dev/null || echo "unknown GPU")}
   STUDY_SYNTH="--train 48 --val 8 --test 4 --size 1024x512" STUDY_BATCH=8
-  TRAIN_STEP_ARGS="--steps 5"
+  TRAIN_STEP_ARGS="--steps 5 --rounds 1 --alphas 1"  # 3 rounds of 2 alphas ran past 120 s on an H200 (compile)
   ZOO_ARGS="--size 1024x2048 --repeats 3"
   CONCURRENT_ARGS="--parallel 1,2,4,8"
   PLAN_SYNTH="--train 2975 --val 500 --test 0"  # the split sizes of the real download
@@ -122,12 +122,12 @@ full_plan() {
 
 # concurrent trainings sharing the device
 # shellcheck disable=SC2086
-stage concurrent "concurrent trainings" 150 "$WORK/throughput.json" "$PY" benchmarks/study_throughput.py \
+stage concurrent "concurrent trainings" 180 "$WORK/throughput.json" "$PY" benchmarks/study_throughput.py \
   --device "$DEVICE" $CONCURRENT_ARGS --cache "$CACHE" --json "$WORK/throughput.json" --no-record
 
 # a whole group as one stacked model (the batched experiment)
 # shellcheck disable=SC2086
-stage batched "batched group" 45 "$WORK/batched.json" "$PY" benchmarks/batched_group.py --device "$DEVICE" \
+stage batched "batched group" 60 "$WORK/batched.json" "$PY" benchmarks/batched_group.py --device "$DEVICE" \
   $BATCHED_ARGS --json "$WORK/batched.json" --no-record
 
 # the CUDA-only tests (the plan for the projection is made beside them: no measurement runs meanwhile)
@@ -193,7 +193,7 @@ stage zoo "zoo fp32 vs bf16" 80 "$WORK/zoo.json" "$PY" benchmarks/gpu_concurrent
 mkdir -p "$WORK/bench"
 cp benchmarks/*.py "$WORK/bench/"
 # shellcheck disable=SC2086
-stage train-step "train_step" 120 "$WORK/bench/RESULTS.md" "$PY" "$WORK/bench/train_step.py" $TRAIN_STEP_ARGS
+stage train-step "train_step" 150 "$WORK/bench/RESULTS.md" "$PY" "$WORK/bench/train_step.py" $TRAIN_STEP_ARGS
 
 # the semi-supervised benchmark's study (standard protocol) on cuda: a small DeepLabV3+ of UniMatch's layout, its
 # recipe (SGD, poly, OHEM, online crops), LDT and one IM generation, scored with UniMatch's windows

@@ -82,3 +82,19 @@ def test_without_a_cuda_device_it_says_so_and_exits_0():
                          env={**os.environ, "GPU_CHECK_PYTHON": sys.executable}, timeout=120)
     assert run.returncode == 0 and run.stdout.strip().splitlines() == [
         "gpu_check: no CUDA device (torch.cuda.is_available() is False); nothing to check"]
+
+
+def test_the_stacked_group_is_built_on_the_models_device():
+    # the models on the GPU and the stacked layers on the CPU failed the batched stage on an H200; the "meta"
+    # device stands in for any device other than the CPU default
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from batched_group import stack_models
+
+    from cityscapes_lab.models import build_model
+
+    models = [build_model("unet_paper", 35).to("meta") for _ in range(2)]
+    stacked = stack_models(models)
+    assert {p.device.type for p in stacked.parameters()} | {b.device.type for b in stacked.buffers()} == {"meta"}
+    assert stacked.stem[0][0].in_channels == 2 * models[0].stem[0][0].in_channels == 6

@@ -18,16 +18,23 @@ def test_the_share_is_the_executors_fraction_or_the_whole_device(monkeypatch, va
 
 
 def test_a_share_caps_the_allocator_on_cuda_only(monkeypatch):
+    from torch.cuda._utils import _get_device_index
+
     calls = []
-    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d: calls.append((f, d)))
+    # the real call's own check of its device argument (a plain "cuda" raises there: found on an H200)
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction",
+                        lambda f, d: calls.append((f, _get_device_index(d))))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setenv(GPU_SHARE_ENV, "0.25")
     claim_gpu_share(torch.device("cpu"))
     assert calls == []
     claim_gpu_share(torch.device("cuda", 1))
-    assert calls == [(pytest.approx(0.25 * 0.95), torch.device("cuda", 1))]  # 5% left for the CUDA contexts
+    assert calls == [(pytest.approx(0.25 * 0.95), 1)]  # 5% left for the CUDA contexts
+    claim_gpu_share(torch.device("cuda"))  # what train.device=cuda gives: the current device
+    assert calls[1] == (pytest.approx(0.25 * 0.95), 0)
     monkeypatch.delenv(GPU_SHARE_ENV)
     claim_gpu_share(torch.device("cuda"))
-    assert len(calls) == 1  # alone on the device: no cap
+    assert len(calls) == 2  # alone on the device: no cap
 
 
 @pytest.mark.gpu

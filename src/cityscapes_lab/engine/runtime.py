@@ -116,7 +116,9 @@ def claim_gpu_share(device: torch.device) -> None:
     out-of-memory error instead of starving the tasks beside it. A no-op off CUDA or without a share."""
     share = gpu_share()
     if device.type == "cuda" and share < 1:
-        torch.cuda.set_per_process_memory_fraction(share * 0.95, device)
+        # the call takes an index, not a plain "cuda" (which means the current device)
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        torch.cuda.set_per_process_memory_fraction(share * 0.95, index)
 
 
 def cpu_threads(requested: int = 0, processes: int = 1) -> int:
