@@ -19,6 +19,8 @@
 #   tests        pytest -m gpu            the CUDA-only tests
 #   study        study                    a tiny study end to end on cuda (synth, prepare, study --executor local
 #                                         --parallel 2, report), from the command line
+#   profile      step profile             benchmarks/gpu_profile.py: one training alone at batch 32 and 64, timed
+#                                         and profiled: the share of the step the GPU is busy, kernels per step
 #   zoo          zoo                      hrnet_w48_ocr and upernet_internimage_l at 1024x2048, fp32 against bf16:
 #                                         time, peak memory, share of pixels whose class differs
 #   train-step   train_step               benchmarks/train_step.py --steps 5 --rounds 1 --alphas 1 on cuda
@@ -49,6 +51,7 @@ if [ "${GPU_CHECK_REHEARSE:-0}" = 1 ]; then
   CONCURRENT_ARGS="--waves --parallel 1,2 --train 8 --val 4 --size 256x128 --epochs 2 --batch 4"  # the GPU layout
   PLAN_SYNTH="--train 40 --val 10 --test 0"
   BATCHED_ARGS="--groups 1,2 --steps 1 --batch 2"
+  PROFILE_ARGS="--batches 2 --steps 1"
   DEEPLAB_ARGS="--crop 129 --batch 2 --steps 1"
 else
   if [ "$("$PY" -c 'import torch; print(torch.cuda.is_available())' 2>/dev/null)" != "True" ]; then
@@ -65,6 +68,7 @@ else
   CONCURRENT_ARGS="--parallel 1,2,4,8"
   PLAN_SYNTH="--train 2975 --val 500 --test 0"  # the split sizes of the real download
   BATCHED_ARGS="--groups 1,4,8 --steps 3"
+  PROFILE_ARGS="--batches 32,64 --steps 20"
   DEEPLAB_ARGS="--steps 3"
 fi
 
@@ -182,6 +186,11 @@ tiny_study() {
 }
 export -f tiny_study
 stage study "study ($DEVICE, local x2)" 80 "$WORK/study.json" bash -c tiny_study
+
+# where one training's step time goes: is the GPU busy, or waiting for the CPU?
+# shellcheck disable=SC2086
+stage profile "step profile" 60 "$WORK/profile.json" "$PY" benchmarks/gpu_profile.py --device "$DEVICE" \
+  $PROFILE_ARGS --json "$WORK/profile.json" --no-record
 
 # the zoo at 1024x2048: fp32 against bf16
 # shellcheck disable=SC2086

@@ -11,8 +11,8 @@ import pytest
 
 ROOT = Path(__file__).parents[1]
 # in the script's order: what is still unmeasured on a GPU first
-STAGES = ["concurrent trainings", "batched group", "pytest -m gpu", "study (cpu, local x2)", "zoo fp32 vs bf16",
-          "train_step", "standard study (cpu)", "deeplabv3+ step"]
+STAGES = ["concurrent trainings", "batched group", "pytest -m gpu", "study (cpu, local x2)", "step profile",
+          "zoo fp32 vs bf16", "train_step", "standard study (cpu)", "deeplabv3+ step"]
 
 
 def stage_statuses(output: str) -> dict[str, str]:
@@ -98,3 +98,15 @@ def test_the_stacked_group_is_built_on_the_models_device():
     stacked = stack_models(models)
     assert {p.device.type for p in stacked.parameters()} | {b.device.type for b in stacked.buffers()} == {"meta"}
     assert stacked.stem[0][0].in_channels == 2 * models[0].stem[0][0].in_channels == 6
+
+
+def test_the_profile_sums_kernel_time_per_step_and_names_the_largest():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from gpu_profile import kernel_summary
+
+    # 2 steps of 10 ms wall; kernels: conv 3 ms + 3 ms, bn 1 ms + 1 ms, add 2 ms: 10 ms in all, 5 ms per step
+    kernels = [("conv", 3000.0), ("bn", 1000.0), ("conv", 3000.0), ("bn", 1000.0), ("add", 2000.0)]
+    found = kernel_summary(kernels, steps=2, step_ms=10.0)
+    assert found["busy_ms"] == 5.0 and found["busy"] == 0.5 and found["per_step"] == 2.5
+    assert found["top"] == [("conv", 0.6), ("bn", 0.2), ("add", 0.2)]  # a tie in the order first seen
+    assert kernel_summary(kernels, steps=1, step_ms=5.0)["busy"] == 1.0  # capped: timed and profiled runs differ
