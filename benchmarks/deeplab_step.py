@@ -84,10 +84,7 @@ def main() -> None:
              "steps only (no validation)"]
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": records}))
-    if args.no_record:
-        print(table)
-    else:
-        record(f"DeepLabV3+ supervised step ({device.type})", table, notes)
+    record(f"DeepLabV3+ supervised step ({device.type})", table, notes, save=not args.no_record)
 
 
 if __name__ == "__main__":

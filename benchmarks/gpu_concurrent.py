@@ -229,10 +229,7 @@ def summary(args: argparse.Namespace) -> None:
                           (status if rc == 125 else f"{status}, {float(seconds):.0f} s") if index == 0 else ""])
     notes.append(f"logs of the stages: {work}")
     title, text = f"gpu_check on {args.device_name}", markdown_table(["stage", "what", "result", "status"], table)
-    if args.no_record:
-        print(f"## {title}\n\n{text}\n\n" + "".join(f"- {n}\n" for n in notes))
-    else:
-        record(title, text, notes)
+    record(title, text, notes, save=not args.no_record)
 
 
 def main() -> None:

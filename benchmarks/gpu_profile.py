@@ -122,10 +122,8 @@ def main() -> None:
     table = markdown_table(header, rows)
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": records, "notes": notes}))
-    if args.no_record:
-        print(table)
-    else:
-        record(f"gpu_profile: where a training step's time goes ({args.device})", table, notes)
+    record(f"gpu_profile: where a training step's time goes ({args.device})", table, notes,
+           save=not args.no_record)
 
 
 if __name__ == "__main__":

@@ -68,10 +68,13 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in cells[1:]])
 
 
-def record(title: str, table: str, notes: list[str]) -> None:
-    """Print the table and append it, dated and with the machine, to benchmarks/RESULTS.md."""
-    stamp = time.strftime("%Y-%m-%d %H:%M")
-    block = f"## {title}\n\n{stamp} on {machine()}\n\n{table}\n\n" + "".join(f"- {n}\n" for n in notes) + "\n"
+def record(title: str, table: str, notes: list[str], save: bool = True) -> None:
+    """Print the table with its title and notes and (``save``) append it, dated and with the machine, to
+    benchmarks/RESULTS.md; ``save=False`` is a script's --no-record."""
+    stamp = f"{time.strftime('%Y-%m-%d %H:%M')} on {machine()}\n\n" if save else ""
+    block = f"## {title}\n\n{stamp}{table}\n\n" + "".join(f"- {n}\n" for n in notes) + "\n"
     print(block)
+    if not save:
+        return
     existing = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nAppended by the scripts in this folder; newest last.\n\n"
     RESULTS.write_text(existing + block)

@@ -69,35 +69,32 @@ def stand_in_data(cache: Path, train: int, val: int, size: tuple[int, int], work
     return prepared
 
 
-def scores_of(database: Path) -> dict[tuple, float | None]:
-    """Every score and ranking entry of a results database, keyed so that two databases can be compared."""
+def query(database: Path, sql: str) -> list[tuple]:
+    """The rows of ``sql`` on a results database, opened read-only."""
     db = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
     try:
-        entries = {("score", *row[:3]): row[3] for row in db.execute(
-            "SELECT key, split, metric, value FROM scores ORDER BY key, split, metric")}
-        entries.update({("rank", grp, rank): (key, score) for grp, rank, key, score in db.execute(
-            "SELECT grp, rank, key, score FROM ranking")})
-        return entries
+        return db.execute(sql).fetchall()
     finally:
         db.close()
+
+
+def scores_of(database: Path) -> dict[tuple, float | None]:
+    """Every score and ranking entry of a results database, keyed so that two databases can be compared."""
+    entries = {("score", *row[:3]): row[3]
+               for row in query(database, "SELECT key, split, metric, value FROM scores ORDER BY key, split, metric")}
+    entries.update({("rank", grp, rank): (key, score)
+                    for grp, rank, key, score in query(database, "SELECT grp, rank, key, score FROM ranking")})
+    return entries
 
 
 def training_seconds(database: Path) -> list[float]:
-    db = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
-    try:
-        return [row[0] for row in db.execute("SELECT seconds FROM trainings WHERE status = 'done'")]
-    finally:
-        db.close()
+    return [row[0] for row in query(database, "SELECT seconds FROM trainings WHERE status = 'done'")]
 
 
 def first_error(database: Path) -> str | None:
     """The first failed training's error, or None when none failed."""
-    db = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
-    try:
-        row = db.execute("SELECT error FROM trainings WHERE status = 'failed' ORDER BY finished LIMIT 1").fetchone()
-    finally:
-        db.close()
-    return row[0] if row else None
+    rows = query(database, "SELECT error FROM trainings WHERE status = 'failed' ORDER BY finished LIMIT 1")
+    return rows[0][0] if rows else None
 
 
 #: the training set of each baseline whose steady rate is measured
@@ -333,10 +330,7 @@ def main() -> None:
     table = markdown_table(header, rows)
     if args.json:
         args.json.write_text(json.dumps({"title": title, "header": header, "rows": rows, "notes": notes}, indent=1))
-    if args.no_record:
-        print(f"## {title}\n\n{table}\n\n" + "".join(f"- {n}\n" for n in notes))
-    else:
-        record(title, table, notes)
+    record(title, table, notes, save=not args.no_record)
     if failures:  # after the table, so that the rows that worked are kept
         sys.exit("study_throughput: " + "; ".join(failures))
 

@@ -87,8 +87,6 @@ def test_without_a_cuda_device_it_says_so_and_exits_0():
 def test_the_stacked_group_is_built_on_the_models_device():
     # the models on the GPU and the stacked layers on the CPU failed the batched stage on an H200; the "meta"
     # device stands in for any device other than the CPU default
-    import torch
-
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from batched_group import stack_models
 
