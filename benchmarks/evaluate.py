@@ -3,7 +3,7 @@
 Generates (once, cached in .bench/) 100 stand-in val frames at 2048x1024 with instance ids, writes noisy
 predictions, then times both evaluators (iIoU on) alternately and checks that their scores agree to 1e-6.
 
-    python benchmarks/evaluate.py [--images 100 --rounds 2 --workers 2]
+    python benchmarks/evaluate.py [--images 100 --rounds 2 --workers 2] [--no-record]
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--cache", type=Path, default=Path(__file__).parents[1] / ".bench")
+    parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     args = parser.parse_args()
     raw = args.cache / f"eval-2048x1024-{args.images}"
     synthesize(raw, SynthOptions(counts={"train": 0, "val": args.images, "test": 0, "train_extra": 0}, seed=11))
@@ -91,7 +92,8 @@ def main() -> None:
             f"largest difference between the two (class IoU, mIoU, iIoU): {worst:.2e}; "
             f"mIoU {ours.scores.miou:.6f}, iIoU {ours.scores.iiou:.6f}.",
             f"cityscapesscripts' optional Cython helper installed: "
-            f"{__import__('cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling', fromlist=['x']).CSUPPORT}."])
+            f"{__import__('cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling', fromlist=['x']).CSUPPORT}."],
+           save=not args.no_record)
 
 
 if __name__ == "__main__":

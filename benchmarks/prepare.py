@@ -5,7 +5,7 @@ The baseline does what the study's scripts do, serially with OpenCV: read each 2
 script reads every PNG again and writes it into its split folder. cityscapes-lab decodes each file once (libspng),
 in parallel, and writes compact arrays. Both run in one process, alternating, on the same generated data.
 
-    python benchmarks/prepare.py [--train 100 --val 40 --rounds 2 --workers 2]
+    python benchmarks/prepare.py [--train 100 --val 40 --rounds 2 --workers 2] [--no-record]
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--cache", type=Path, default=Path(__file__).parents[1] / ".bench")
+    parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     args = parser.parse_args()
 
     raw = args.cache / f"raw-2048x1024-{args.train}-{args.val}"
@@ -108,7 +109,7 @@ def main() -> None:
         f"load_prepared(in_memory=True) and every split as arrays: {statistics.median(load_times):.3f} s "
         f"({per_image * 1e3:.2f} ms per image; the 3475-image paper dataset would take about "
         f"{per_image * 3475:.1f} s at this rate).",
-    ])
+    ], save=not args.no_record)
 
 
 if __name__ == "__main__":

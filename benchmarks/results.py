@@ -76,5 +76,7 @@ def record(title: str, table: str, notes: list[str], save: bool = True) -> None:
     print(block)
     if not save:
         return
+    from cityscapes_lab import atomic
+
     existing = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nAppended by the scripts in this folder; newest last.\n\n"
-    RESULTS.write_text(existing + block)
+    atomic.write_text(RESULTS, existing + block)  # an interrupted script leaves the file as it was
