@@ -129,3 +129,41 @@ def test_an_unknown_labelling_rule_is_refused_not_run_as_im():
     object.__setattr__(rule, "kind", "majority")  # past the check: label_batch must refuse it as well
     with pytest.raises(ValueError, match="no code for the labelling rule 'majority'"):
         label_batch([torch.nn.Conv2d(3, 4, 1)], np.zeros((1, 4, 4, 3), np.uint8), ["a"], rule, Runtime.cpu(), 0)
+
+
+class _ChannelVote(__import__("torch").nn.Module):
+    """A stand-in teacher: class 0 where the given colour channel is bright, else 1 (uint8 input, as the contract)."""
+
+    def __init__(self, channel: int):
+        super().__init__()
+        self.channel = channel
+
+    def forward(self, x):
+        bright = x[:, self.channel:self.channel + 1].float() / 255
+        return __import__("torch").cat([bright, 1 - bright], dim=1)
+
+
+def test_im_label_batch_without_images_gives_the_same_labels_and_masks():
+    """Two teachers disagree where the red and green channels differ; the labels and masks do not depend on
+    whether the blanked images are made, and the blanked images are the inputs with 0 under the mask."""
+    from cityscapes_lab.engine.runtime import Runtime
+    from cityscapes_lab.semisup.pseudo import LabelingRule, label_batch
+    from cityscapes_lab.semisup.rules import blank_image, inconsistency_label
+
+    images = np.zeros((2, 4, 4, 3), np.uint8)
+    images[:, :2, :, 0] = 255  # red: top half
+    images[:, :, :2, 1] = 255  # green: left half
+    images[1, 3, 3, 1] = 255  # the second image: one more disagreement, a green pixel bottom right
+    images[..., 2] = 90
+    teachers, rule = [_ChannelVote(0), _ChannelVote(1)], LabelingRule("im")
+    blanked, labels, masks = label_batch(teachers, images, ["a", "b"], rule, Runtime.cpu(), 0)
+    none, labels_only, masks_only = label_batch(teachers, images, ["a", "b"], rule, Runtime.cpu(), 0,
+                                                with_images=False)
+    assert none is None and np.array_equal(labels_only, labels) and np.array_equal(masks_only, masks)
+    expected = (images[..., 0] > 127) != (images[..., 1] > 127)  # the teachers disagree
+    assert np.array_equal(masks, expected) and masks[0].sum() == 8 and masks[1].sum() == 9
+    assert np.array_equal(labels, np.where(expected, 0, np.where(images[..., 0] > 127, 0, 1)))
+    assert np.all(blanked[masks] == 0) and np.array_equal(blanked[~masks], images[~masks])
+    label, mask = inconsistency_label(np.stack([A, B]))
+    assert np.array_equal(blank_image(IMAGE, mask), inconsistency_mask(np.stack([A, B]), IMAGE)[2])
+    assert np.array_equal(label, inconsistency_mask(np.stack([A, B]), IMAGE)[0])

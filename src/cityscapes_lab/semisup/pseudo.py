@@ -21,7 +21,7 @@ from ..models.checkpoints import load_checkpoint
 from ..engine.runtime import Runtime
 from ..models import build_model
 from ..seeds import derive_seed
-from .rules import ensemble_label, inconsistency_mask, input_ensemble_inputs
+from .rules import blank_image, ensemble_label, inconsistency_label, input_ensemble_inputs
 
 
 def load_model(path: Path, runtime: Runtime) -> nn.Module:
@@ -95,8 +95,11 @@ class LabelingRule:
 
 
 def label_batch(models: list[nn.Module], images: np.ndarray, ids: list[str], rule: LabelingRule,
-                runtime: Runtime, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Pseudo pairs of one batch: (images, labels, masks or None), each (B, H, W[, 3])."""
+                runtime: Runtime, seed: int, with_images: bool = True
+                ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """Pseudo pairs of one batch: (images, labels, masks or None), each (B, H, W[, 3]). ``with_images=False``
+    returns None for the images (a caller that links to the unlabeled rows, or wants only the masks, need not
+    have IM's blanked copies made)."""
     if rule.kind == "input_ensemble":
         labels = np.empty(images.shape[:3], dtype=np.uint8)
         for i, (image, image_id) in enumerate(zip(images, ids)):
@@ -104,20 +107,23 @@ def label_batch(models: list[nn.Module], images: np.ndarray, ids: list[str], rul
             inputs = np.stack(input_ensemble_inputs(image, rule.copies, rule.photometric, rng, rule.cumulative))
             per_input = probabilities(models, inputs, runtime)[0]  # one teacher: (copies, C, H, W)
             labels[i] = ensemble_label(per_input.cpu().numpy())
-        return images, labels, None
+        return (images if with_images else None), labels, None
     if rule.kind == "ensemble":
         mean = mean_probabilities(models, images, runtime)
-        return images, mean.argmax(dim=1).to(torch.uint8).cpu().numpy(), None
+        return (images if with_images else None), mean.argmax(dim=1).to(torch.uint8).cpu().numpy(), None
     if rule.kind not in ("teacher", "im"):  # never fall through to IM
         raise ValueError(f"label_batch has no code for the labelling rule {rule.kind!r}")
     predicted = predicted_classes(models, images, runtime)  # (n, B, H, W)
     if rule.kind == "teacher":
-        return images, predicted[0], None
-    out_images, labels, masks = np.empty_like(images), np.empty(images.shape[:3], np.uint8), np.empty(
-        images.shape[:3], bool)
+        return (images if with_images else None), predicted[0], None
+    labels, masks = np.empty(images.shape[:3], np.uint8), np.empty(images.shape[:3], bool)
     for i in range(len(images)):
-        labels[i], masks[i], out_images[i] = inconsistency_mask(predicted[:, i], images[i], rule.erode, rule.dilate,
-                                                                rule.block_input, rule.block_output, rule.fill)
+        labels[i], masks[i] = inconsistency_label(predicted[:, i], rule.erode, rule.dilate, rule.block_output,
+                                                  rule.fill)
+    if not with_images:
+        return None, labels, masks
+    out_images = np.stack([blank_image(image, mask) for image, mask in zip(images, masks)]) if rule.block_input \
+        else images.copy()
     return out_images, labels, masks
 
 
@@ -139,7 +145,8 @@ def write_pseudo_pairs(folder: Path, models: list[nn.Module], split: SplitArrays
     for start in range(0, n, batch_size):
         rows = slice(start, min(start + batch_size, n))
         batch_images, batch_labels, batch_masks = label_batch(models, np.asarray(split.images[rows]),
-                                                              split.ids[rows], rule, runtime, seed)
+                                                              split.ids[rows], rule, runtime, seed,
+                                                              with_images=images is not None)
         labels[rows] = batch_labels
         if images is not None:
             images[rows] = batch_images

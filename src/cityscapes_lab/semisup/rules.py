@@ -31,6 +31,14 @@ def inconsistency_mask(teacher_labels: np.ndarray, image: np.ndarray, erode: int
     image to 0 under the mask, ``block_output`` sets the label to ``fill`` there. Returns (pseudo_label uint8,
     mask bool, masked_image uint8).
     """
+    label, mask = inconsistency_label(teacher_labels, erode, dilate, block_output, fill)
+    return label, mask, blank_image(image, mask) if block_input else image.copy()
+
+
+def inconsistency_label(teacher_labels: np.ndarray, erode: int = 0, dilate: int = 0, block_output: bool = True,
+                        fill: int | None = PAPER_IM_INDEX) -> tuple[np.ndarray, np.ndarray]:
+    """The (pseudo_label, mask) of ``inconsistency_mask`` without the image: for callers that blank the image
+    as it is read (``data.rows.BlankedRows``) or need only the masks."""
     first = teacher_labels[0]
     agree = np.all(teacher_labels == first, axis=0)
     label = first.astype(np.uint8) if fill is None else np.where(agree, first, fill).astype(np.uint8)
@@ -43,10 +51,14 @@ def inconsistency_mask(teacher_labels: np.ndarray, image: np.ndarray, erode: int
                 label[grown] = value
     if dilate > 0:
         mask = cv2.dilate(mask.astype(np.uint8), np.ones((dilate, dilate), np.uint8)).astype(bool)
-    masked_image = np.where(mask[..., None], 0, image).astype(np.uint8) if block_input else image.copy()
     if block_output and fill is not None:
         label[mask] = fill
-    return label, mask, masked_image
+    return label, mask
+
+
+def blank_image(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """IM's blocked input: ``image`` (H, W, 3) with 0 wherever ``mask`` (H, W) is set."""
+    return np.where(mask[..., None], 0, image).astype(np.uint8)
 
 
 def ensemble_label(probabilities: np.ndarray) -> np.ndarray:

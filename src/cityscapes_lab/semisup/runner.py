@@ -86,7 +86,8 @@ def _im_sizes(ctx: Workspace, models, rule: LabelingRule, split_name: str, seed:
     sizes = []
     for start in range(0, len(split), ctx.config.semisup.label_batch_size):
         rows = slice(start, start + ctx.config.semisup.label_batch_size)
-        _, _, masks = label_batch(models, np.asarray(split.images[rows]), split.ids[rows], rule, runtime, seed)
+        _, _, masks = label_batch(models, np.asarray(split.images[rows]), split.ids[rows], rule, runtime, seed,
+                                  with_images=False)
         sizes.extend(mask_sizes(masks))
     pixels = split.images.shape[1] * split.images.shape[2]
     return {"mean_im_pixels": float(np.mean(sizes)), "mean_im_share": float(np.mean(sizes)) / pixels}
