@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from results import markdown_table, record  # noqa: E402
+from results import markdown_table, record, with_projection  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------- zoo
@@ -155,39 +155,6 @@ def last_error(log: Path) -> str:
         if "Error" in line or "error" in line or "FAILED" in line or "failed" in line:
             return line[:200]
     return lines[-1][:200] if lines else "no output"
-
-
-#: the column of study_throughput.py's rows that holds the rate of every training running at once
-RATE_ALL = "images/s all at once"
-GOAL_HOURS = 12  # the issue's goal for the full paper study on one GPU
-
-
-def with_projection(header: list[str], rows: list[list], images: int) -> tuple[list[str], list[list], list[str]]:
-    """study_throughput.py's header and rows with the hours of a study of ``images`` images seen in training at
-    each row's rate of all trainings at once (a column of its own unless the script projected already), and the
-    notes that say what the goal needs and which row comes closest."""
-    if RATE_ALL not in header:
-        return header, rows, []
-    column = header.index(RATE_ALL)
-    rates = []
-    for row in rows:
-        try:
-            rates.append(float(row[column]))
-        except (ValueError, IndexError):
-            rates.append(None)
-    if not any(h.startswith("full study h") for h in header):
-        header = header[:column + 1] + ["full study h"] + header[column + 1:]
-        rows = [row[:column + 1] + [f"{images / rate / 3600:.1f}" if rate else "-"] + row[column + 1:]
-                for row, rate in zip(rows, rates)]
-    needed = images / (GOAL_HOURS * 3600)
-    notes = [f"full paper study: {images:,} images seen in training (its plan); {GOAL_HOURS} hours need "
-             f"{needed:,.0f} images/s of all trainings at once (training steps only: evaluation and "
-             "pseudo-labelling not counted)"]
-    best = max(((rate, row[0]) for rate, row in zip(rates, rows) if rate), default=None)
-    if best:
-        notes.append(f"fastest measured: {best[1]}, {best[0]:,.1f} images/s, {images / best[0] / 3600:,.1f} hours: "
-                     f"{best[0] / needed:.2f}x the rate the {GOAL_HOURS}-hour goal needs")
-    return header, rows, notes
 
 
 def summary(args: argparse.Namespace) -> None:

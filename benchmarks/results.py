@@ -80,3 +80,36 @@ def record(title: str, table: str, notes: list[str], save: bool = True) -> None:
 
     existing = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nAppended by the scripts in this folder; newest last.\n\n"
     atomic.write_text(RESULTS, existing + block)  # an interrupted script leaves the file as it was
+
+
+#: the column of study_throughput.py's rows that holds the rate of every training running at once
+RATE_ALL = "images/s all at once"
+GOAL_HOURS = 12  # the issue's goal for the full paper study on one GPU
+FULL_STUDY_HOURS = "full study h"
+
+
+def with_projection(header: list[str], rows: list[list], images: int) -> tuple[list[str], list[list], list[str]]:
+    """study_throughput.py's header and rows with a column of the hours of a study of ``images`` images seen in
+    training at each row's rate of all trainings at once, and the notes that say what the goal needs and which
+    row comes closest (a table projected already is returned as it is, without notes)."""
+    if RATE_ALL not in header or FULL_STUDY_HOURS in header:  # nothing to project, or projected already
+        return header, rows, []
+    column = header.index(RATE_ALL)
+    rates = []
+    for row in rows:
+        try:
+            rates.append(float(row[column]))
+        except (ValueError, IndexError):
+            rates.append(None)
+    header = header[:column + 1] + [FULL_STUDY_HOURS] + header[column + 1:]
+    rows = [row[:column + 1] + [f"{images / rate / 3600:.1f}" if rate else "-"] + row[column + 1:]
+            for row, rate in zip(rows, rates)]
+    needed = images / (GOAL_HOURS * 3600)
+    notes = [f"full paper study: {images:,} images seen in training (its plan); {GOAL_HOURS} hours need "
+             f"{needed:,.0f} images/s of all trainings at once (training steps only: evaluation and "
+             "pseudo-labelling not counted)"]
+    best = max(((rate, row[0]) for rate, row in zip(rates, rows) if rate), default=None)
+    if best:
+        notes.append(f"fastest measured: {best[1]}, {best[0]:,.1f} images/s, {images / best[0] / 3600:,.1f} hours: "
+                     f"{best[0] / needed:.2f}x the rate the {GOAL_HOURS}-hour goal needs")
+    return header, rows, notes

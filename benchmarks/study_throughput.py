@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from results import markdown_table, record  # noqa: E402
+from results import RATE_ALL, markdown_table, record, with_projection  # noqa: E402
 
 import cityscapes_lab  # noqa: E402
 from cityscapes_lab.config import load_config  # noqa: E402
@@ -288,18 +288,16 @@ def main() -> None:
                          f"{rate:.0f}" if finished else "-",
                          f"{rate / baseline_rate:.2f}x" if finished and baseline_rate else "-",
                          f"{statistics.median(per_training):.1f}" if per_training else "-",
-                         f"{rate_one:.1f}" if rate_one else "-", f"{rate_all:.1f}" if rate_all else "-"]
-                        + ([f"{args.full_study_images / rate_all / 3600:.1f}" if rate_all else "-"]
-                           if args.full_study_images else []) + [others, same])
+                         f"{rate_one:.1f}" if rate_one else "-", f"{rate_all:.1f}" if rate_all else "-",
+                         others, same])
             print(rows[-1], flush=True)
             shutil.rmtree(out, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     header = ["executor", "train.threads", "trainings", "wall s", "trainings / hour", "vs first row",
-              "median s per training", f"{measured.upper()} images/s per training (steady)", "images/s all at once"] \
-        + ([f"full study h at {size}"] if args.full_study_images else []) \
-        + ["cores busy elsewhere at start", "scores vs first row"]
+              "median s per training", f"{measured.upper()} images/s per training (steady)", RATE_ALL,
+              "cores busy elsewhere at start", "scores vs first row"]
     what = "FDT, 1 run, as many models as tasks at once" if waves else \
         "LDT + IM (n = 2), 1 run, 4 LDT models, 2 students x 2 generations"
     notes.append(f"{what}: {epochs} epochs, batch {batch}, {args.device}, "
@@ -316,9 +314,9 @@ def main() -> None:
         notes.append(f"ray.init of the local instance (127.0.0.1, not counted in the row): {ray_started:.1f} s; "
                      f"ray {__import__('ray').__version__}.")
     if args.full_study_images:
-        notes.append(f"full study: {args.full_study_images:,} images seen in training (its plan) at the rate of all "
-                     f"the tasks at once, {size} images: training steps only (evaluation and pseudo-labelling not "
-                     "counted); the paper's study is 416x208.")
+        header, rows, projection = with_projection(header, rows, args.full_study_images)
+        notes += projection + [f"the full study's hours are at the rates measured on {size} images (the paper's "
+                               "study is 416x208)."]
     if waves:
         notes.append(f"MPS: {mps_state()}.")
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []

@@ -60,7 +60,7 @@ def test_gpu_check_stages_runs_only_the_named_stages(tmp_path):
 
 def test_the_projection_adds_the_hours_at_each_rate_of_all_trainings_at_once():
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from gpu_concurrent import with_projection
+    from results import with_projection
 
     header = ["executor", "images/s all at once", "scores"]
     rows = [["local --parallel 1", "1000.0", "(the reference)"], ["local --parallel 2", "-", "identical"],
@@ -71,6 +71,7 @@ def test_the_projection_adds_the_hours_at_each_rate_of_all_trainings_at_once():
     assert "12 hours need 300 images/s" in notes[0]
     assert "local --parallel 4, 3,600.0 images/s, 1.0 hours: 12.00x" in notes[1]
     assert with_projection(["executor"], [["serial"]], 10) == (["executor"], [["serial"]], [])
+    assert with_projection(header, rows, 3600 * 3600) == (header, rows, [])  # projected once, not twice
 
 
 def test_without_a_cuda_device_it_says_so_and_exits_0():
