@@ -181,9 +181,13 @@ def config_show(config_file: Path | None, overrides: tuple[str, ...]) -> None:
               "train nothing.")
 @click.option("--throughput", type=click.FloatRange(min=0, min_open=True), default=None,
               help="--plan: images/s of one training [default: measured by a short probe here].")
+@click.option("--throughput-all", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="--plan with --executor local or ray: images/s of all the tasks at once together (e.g. "
+              "benchmarks/gpu_check.sh's 'images/s all at once' for that --parallel), for the layout's wall time.")
 def study(data: Path, out: Path, approaches: str, runs: int | None, models: int | None, config_files: tuple[Path, ...],
           overrides: tuple[str, ...], save_predictions: bool, executor: str, parallel: int, ray_address: str | None,
-          cpus_per_task: float, gpus_per_task: float, plan_only: bool, throughput: float | None) -> None:
+          cpus_per_task: float, gpus_per_task: float, plan_only: bool, throughput: float | None,
+          throughput_all: float | None) -> None:
     """Train and score every group of the chosen approaches; rerun the same command to continue after a stop."""
     from .config import load_config
     from .semisup.study import describe_plan, run_study
@@ -193,7 +197,8 @@ def study(data: Path, out: Path, approaches: str, runs: int | None, models: int 
     config = load_config(list(config_files), list(overrides) + extra)
     names = [a.strip().lower() for a in approaches.split(",") if a.strip()]
     if plan_only:
-        _say(describe_plan(data, out, names, config, throughput, executor, parallel, gpus_per_task))
+        _say(describe_plan(data, out, names, config, throughput, executor, parallel, gpus_per_task,
+                           throughput_all))
         return
     summary = run_study(data, out, names, config, log=_say, executor=executor, parallel=parallel,
                         ray_address=ray_address, cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task)

@@ -214,6 +214,31 @@ def test_the_plan_counts_the_study_and_estimates_its_time(tiny_paper, tmp_path, 
     assert "disk: about " in printed and "free there" in printed and "study.keep_datasets=false" in printed
 
 
+def test_the_plan_at_a_measured_rate_of_several_trainings_at_once(tiny_paper, tmp_path, capsys):
+    """--throughput-all: the rate of all the layout's tasks together (what gpu_check measures for N at once)
+    gives the wall time, and each training runs at its share of it on the longest chain."""
+    from cityscapes_lab.cli import main
+
+    common = ["study", "--data", str(tiny_paper), "--out", str(tmp_path / "planned"), "--approaches", "im", "--plan",
+              "--throughput", "100", *sum([["--set", s] for s in TINY], [])]
+    with pytest.raises(SystemExit) as exited:
+        main(common + ["--executor", "local", "--parallel", "2", "--throughput-all", "0.5"])
+    assert exited.value.code == 0
+    printed = capsys.readouterr().out
+    images = int(printed.split(" images seen in training (estimated")[0].rsplit("; ", 1)[1].replace(",", ""))
+    line = next(line for line in printed.splitlines() if "together (given)" in line)
+    assert "2 tasks at once, at 0.5 images/s together (given), 0.2 each" in line  # 0.25, printed to 1 decimal
+    wall = float(line.split("about ")[1].split(" hours")[0])
+    chain = float(line.split("at that rate each: ")[1].split(" h)")[0])
+    # the 6 trainings: 2 LDT side by side, then per generation 2 students side by side: the chain is 3 trainings
+    assert wall == pytest.approx(max(images / 0.5 / 3600, chain), abs=0.06) and chain > 0
+    assert not (tmp_path / "planned").exists()
+    with pytest.raises(SystemExit) as exited:
+        main(common + ["--throughput-all", "500"])  # one at a time has no rate of several together
+    assert exited.value.code != 0
+    assert "--throughput-all is the rate of several tasks at once" in capsys.readouterr().err
+
+
 def test_the_plan_of_a_begun_study_says_what_is_finished_and_what_is_left(tiny_paper, tmp_path, capsys):
     from cityscapes_lab.cli import main
 

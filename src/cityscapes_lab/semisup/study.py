@@ -229,10 +229,15 @@ def training_statuses(out: Path) -> dict[str, str]:
 
 
 def describe_plan(data_dir: Path, out: Path, approaches: list[str], config: Config, throughput: float | None,
-                  executor: str = "serial", parallel: int = 1, gpus_per_task: float = 0.0) -> str:
+                  executor: str = "serial", parallel: int = 1, gpus_per_task: float = 0.0,
+                  throughput_all: float | None = None) -> str:
     """``study --plan``: the tasks per approach, run and generation, the trainings and images seen, and the time
     at ``throughput`` images/s per training (measured here by a short probe when None); for a study begun in
-    ``out``, how many trainings are finished and what is left."""
+    ``out``, how many trainings are finished and what is left. ``throughput_all``: the images/s of all the
+    layout's tasks at once together (as benchmarks/gpu_check.sh measures them), for its wall time."""
+    if throughput_all is not None and executor == "serial":
+        raise ConfigError("--throughput-all is the rate of several tasks at once: give it with --executor local "
+                          "--parallel N or --executor ray")
     baselines, semisup = resolve_approaches(approaches)
     data = load_prepared(data_dir)
     check_settings(data, config, semisup, baselines)
@@ -293,7 +298,13 @@ def describe_plan(data_dir: Path, out: Path, approaches: list[str], config: Conf
     slots = 1 if executor == "serial" else parallel if executor == "local" else \
         max(1, round(1 / gpus_per_task)) if gpus_per_task else parallel
     lines.append(_disk_line(disk_needs(plan), Path(out), config.study.keep_datasets, slots))
-    if executor != "serial":
+    if throughput_all is not None:
+        critical = _critical_path(plan, throughput_all / slots) / 3600
+        wall = max(total_images / throughput_all / 3600, critical)
+        lines.append(f"with --executor {executor} and {slots} tasks at once, at {throughput_all:,.1f} images/s "
+                     f"together (given), {throughput_all / slots:,.1f} each: about {wall:.1f} hours (the longest "
+                     f"chain of dependent trainings alone at that rate each: {critical:.1f} h)")
+    elif executor != "serial":
         if on_gpu or executor == "ray":
             wall = max(hours / slots, critical)
             lines.append(f"with --executor {executor} and {slots} tasks at once, each at that rate: about {wall:.1f} "
