@@ -7,8 +7,9 @@ pixels whose class differs), and the one summary table of all stages.
                                                 [--full-study-images N]
 
 ``zoo`` builds each model (random weights unless --weights names a checkpoint), segments one stand-in frame
-(generated at the image size, cached in .bench/) in fp32 (NCHW, torch's default TF32 settings) and with bf16
-autocast plus channels-last (as zoo_inference.py does), and compares the two class maps pixel by pixel.
+(generated at the image size, cached in .bench/) in fp32 (NCHW, torch's default TF32 settings), with bf16
+autocast plus channels-last (as zoo_inference.py does) and with bf16 autocast alone, and compares the fp32 and
+the bf16 channels-last class maps pixel by pixel.
 
 ``summary`` reads WORK_DIR/stages.tsv (one line per stage: name, exit status, seconds, log file, data file, limit) that
 gpu_check.sh writes, turns each stage's JSON (or, failing that, the end of its log) into rows, prints one table
@@ -93,14 +94,17 @@ def zoo(args: argparse.Namespace) -> None:
         model = build_model(name, 19, weights=weights.get(name)).to(device).eval()
         fp32, fp32_s, fp32_peak = segment(model, image, device, "fp32", False, args.repeats)
         bf16, bf16_s, bf16_peak = segment(model, image, device, "bf16", True, args.repeats)
+        # bf16 in the default layout as well: which of the two changes makes a model faster or slower
+        _, nchw_s, nchw_peak = segment(model, image, device, "bf16", False, args.repeats)
         differ = (fp32 != bf16).double().mean().item()
         origin = "published weights" if name in weights else "random weights (seed 0)"
-        for label, seconds, peak in (("fp32", fp32_s, fp32_peak), ("bf16 autocast + channels-last", bf16_s, bf16_peak)):
+        for label, seconds, peak in (("fp32", fp32_s, fp32_peak), ("bf16 autocast + channels-last", bf16_s, bf16_peak),
+                                     ("bf16 autocast, NCHW", nchw_s, nchw_peak)):
             rows.append({"what": f"{name}, {label}", "result": f"{seconds:.3f} s / image ({1 / seconds:.2f} images/s), "
                          f"peak {peak:.2f} GiB"})
         rows.append({"what": f"{name}: pixels whose class differs, fp32 vs bf16",
                      "result": f"{differ * 100:.3f} % of {height}x{width} ({origin})"})
-        print(json.dumps(rows[-3:]), flush=True)
+        print(json.dumps(rows[-4:]), flush=True)
         del model, fp32, bf16
         if device.type == "cuda":
             torch.cuda.empty_cache()
