@@ -21,9 +21,12 @@
 #                                         --parallel 2, report), from the command line
 #   profile      step profile             benchmarks/gpu_profile.py: one training alone at batch 32 and 64, timed
 #                                         and profiled: the share of the step the GPU is busy, kernels per step
-#   zoo          zoo                      hrnet_w48_ocr and upernet_internimage_l at 1024x2048, fp32 against bf16:
-#                                         time, peak memory, share of pixels whose class differs
-#   train-step   train_step               benchmarks/train_step.py --steps 5 --rounds 1 --alphas 1 on cuda
+#   zoo          zoo                      hrnet_w48_ocr and upernet_internimage_l at 1024x2048, fp32 against bf16
+#                                         (channels-last, and NCHW): time, peak memory, share of pixels whose
+#                                         class differs
+#   train-step   train_step               benchmarks/train_step.py --steps 5 --rounds 1 --alphas 1 on cuda: the
+#                                         plain port, fp32, compiled, bf16, bf16 compiled, and with CUDA graphs
+#                                         (GPU_CHECK_TRAIN_STEP_ARGS replaces its arguments)
 #   standard     standard study           the semi-supervised benchmark's study (LDT + IM, DeepLabV3+) on cuda
 #   deeplab      DeepLabV3+ step          benchmarks/deeplab_step.py: one supervised R50 step at crop 801,
 #                                         batch 8, fp32 and bf16, and the projected time of one training
@@ -63,7 +66,8 @@ else
   DEVICE_NAME=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
   DEVICE_NAME=${DEVICE_NAME:-$("$PY" -c 'import torch; print(torch.cuda.get_device_name(0))' 2>/dev/null || echo "unknown GPU")}
   STUDY_SYNTH="--train 48 --val 8 --test 4 --size 1024x512" STUDY_BATCH=8
-  TRAIN_STEP_ARGS="--steps 5 --rounds 1 --alphas 1"  # 3 rounds of 2 alphas ran past 120 s on an H200 (compile)
+  # 3 rounds of 2 alphas ran past 120 s on an H200 (compile); glibc's malloc is a CPU matter
+  TRAIN_STEP_ARGS=${GPU_CHECK_TRAIN_STEP_ARGS:-"--steps 5 --rounds 1 --alphas 1 --variants plain,fp32,fp32-compile,bf16,bf16-compile,bf16-graphs"}
   ZOO_ARGS="--size 1024x2048 --repeats 3"
   CONCURRENT_ARGS="--parallel 1,2,4,8"
   PLAN_SYNTH="--train 2975 --val 500 --test 0"  # the split sizes of the real download

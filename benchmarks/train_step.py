@@ -20,6 +20,7 @@ its metrics and tf.data pipeline), in its own Python environment. Set it up once
 
     python benchmarks/train_step.py [--steps 5] [--rounds 3] [--alphas 1]
         [--keras-python .venv-peer/bin/python --original /work/peer/InconsistencyMasks] [--memory]
+        [--variants fp32,bf16,...] [--no-record]
 
 ``--original`` defaults to the environment variable IM_ORIGINAL.
 """
@@ -49,19 +50,27 @@ from cityscapes_lab.engine.optim import DecoupledAdamW  # noqa: E402
 from cityscapes_lab.memory import keep_freed_memory  # noqa: E402
 from cityscapes_lab.models import build_model  # noqa: E402
 
-# name -> (channels_last, our loss, compile, autocast dtype, keep freed memory as training does: memory.py)
+# name -> (channels_last, our loss, torch.compile mode or None, autocast dtype, keep freed memory as training
+# does: memory.py)
 VARIANTS = {
-    "plain PyTorch port (NCHW, F.cross_entropy)": (False, False, False, None, False),
-    "cityscapes-lab, fp32, glibc's default malloc (before memory.py)": (True, True, False, None, False),
-    "cityscapes-lab, fp32 (channels-last, blocked loss)": (True, True, False, None, True),
-    "cityscapes-lab, fp32, torch.compile": (True, True, True, None, True),
-    "cityscapes-lab, bf16 autocast (opt-in)": (True, True, False, torch.bfloat16, True),
-    "cityscapes-lab, bf16 autocast, torch.compile": (True, True, True, torch.bfloat16, True),
+    "plain PyTorch port (NCHW, F.cross_entropy)": (False, False, None, None, False),
+    "cityscapes-lab, fp32, glibc's default malloc (before memory.py)": (True, True, None, None, False),
+    "cityscapes-lab, fp32 (channels-last, blocked loss)": (True, True, None, None, True),
+    "cityscapes-lab, fp32, torch.compile": (True, True, "default", None, True),
+    "cityscapes-lab, bf16 autocast (opt-in)": (True, True, None, torch.bfloat16, True),
+    "cityscapes-lab, bf16 autocast, torch.compile": (True, True, "default", torch.bfloat16, True),
+    # CUDA graphs replay the step's kernels without launching each from Python: what a tiny model on a large GPU
+    # may be waiting for (on the CPU the mode is the default one, so the row is left out there)
+    "cityscapes-lab, bf16 autocast, torch.compile with CUDA graphs (reduce-overhead)":
+        (True, True, "reduce-overhead", torch.bfloat16, True),
 }
+#: --variants: short ids of the rows above, in their order
+VARIANT_IDS = dict(zip(("plain", "fp32-malloc", "fp32", "fp32-compile", "bf16", "bf16-compile", "bf16-graphs"),
+                       VARIANTS))
 
 
 def step_speed(alpha: float, batch: int, steps: int, device: torch.device, channels_last: bool, our_loss: bool,
-               compiled: bool, dtype: torch.dtype | None, keep_memory: bool) -> tuple[float, float]:
+               compiled: str | None, dtype: torch.dtype | None, keep_memory: bool) -> tuple[float, float]:
     """(images per second, peak GPU memory in GiB or NaN) of full training steps, median of ``steps``."""
     if keep_memory:
         keep_freed_memory()
@@ -74,9 +83,11 @@ def step_speed(alpha: float, batch: int, steps: int, device: torch.device, chann
     else:
         images = images.contiguous()
     optimizer = DecoupledAdamW(model.parameters(), lr=0.003, decay=1e-4)
-    forward = torch.compile(model) if compiled else model
+    forward = torch.compile(model, mode=compiled) if compiled else model
 
     def step() -> None:
+        if compiled == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # each call a new step: the last one's outputs are done
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = forward(images)
         loss = pixel_cross_entropy(logits.float(), target) if our_loss else F.cross_entropy(logits.float(), target)
@@ -84,7 +95,8 @@ def step_speed(alpha: float, batch: int, steps: int, device: torch.device, chann
         loss.backward()
         optimizer.step()
 
-    seconds, peak = timed_steps(step, steps, device)  # after 2 warm-up steps (and compilation)
+    # after 2 warm-up steps (and compilation); CUDA graphs are recorded on the second call and replayed after
+    seconds, peak = timed_steps(step, steps, device, warmup=3 if compiled == "reduce-overhead" else 2)
     return batch / seconds, peak
 
 
@@ -169,8 +181,12 @@ def main() -> None:
     parser.add_argument("--original", default=os.environ.get("IM_ORIGINAL"),
                         help="checkout of the study's repository for the peer (default: $IM_ORIGINAL)")
     parser.add_argument("--skip-compile", action="store_true")
+    parser.add_argument("--variants", default=None,
+                        help=f"comma-separated rows to run, of {', '.join(VARIANT_IDS)} [default: all; on the CPU "
+                        "all but bf16-graphs]")
     parser.add_argument("--memory", action="store_true", help="also measure peak memory of whole trainings")
     parser.add_argument("--memory-only", action="store_true", help="only measure the memory of whole trainings")
+    parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one variant, JSON on stdout
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -181,10 +197,17 @@ def main() -> None:
         return
     if args.keras_python and not args.original:
         parser.error("--keras-python needs --original (or IM_ORIGINAL): the study's repository")
+    if args.variants:
+        unknown = [v for v in args.variants.split(",") if v not in VARIANT_IDS]
+        if unknown:
+            parser.error(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANT_IDS)}")
+        wanted = {VARIANT_IDS[v] for v in args.variants.split(",")}
+    else:
+        wanted = {name for key, name in VARIANT_IDS.items() if device.type == "cuda" or key != "bf16-graphs"}
     rows, notes, peer_info = [], [], None
     for alpha in ([] if args.memory_only else [float(a) for a in args.alphas.split(",")]):
         names = ([PEER] if args.keras_python else []) + [name for name, (_, _, compiled, _, _) in VARIANTS.items()
-                                                         if not (compiled and args.skip_compile)]
+                                                         if name in wanted and not (compiled and args.skip_compile)]
         speeds: dict[str, list[float]] = {name: [] for name in names}
         peaks: dict[str, list[float]] = {name: [] for name in names}
         for round_ in range(args.rounds):
@@ -235,7 +258,7 @@ def main() -> None:
     title = "memory of whole paper-protocol trainings" if args.memory_only else \
         f"train_step: the study's U-Net, one training step ({device.type})"
     record(title, markdown_table(["implementation", "alpha", "images/s", "ratio", "peak GPU GiB"], rows)
-           if rows else "", notes)
+           if rows else "", notes, save=not args.no_record)
 
 
 if __name__ == "__main__":
