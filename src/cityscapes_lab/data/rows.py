@@ -143,6 +143,11 @@ class BlankedRows(LazyRows):
         return BlankedRows(self.images.subset(rows), self.masks.subset(rows))
 
 
+def part_starts(parts: list) -> np.ndarray:
+    """The first row of each part when the parts are read one after another, and the total at the end."""
+    return np.cumsum([0] + [len(p) for p in parts])
+
+
 class StackedRows(LazyRows):
     """Several ``RowArray`` (or ``BlankedRows``) parts, rows of the same shape and type, read as one (N, ...) array,
     part after part: a training set that refers to the rows of other files instead of copying them
@@ -154,7 +159,7 @@ class StackedRows(LazyRows):
         self.parts = list(parts)
         self.dtype = parts[0].dtype
         self._row_shape = parts[0].shape[1:]
-        self._starts = np.cumsum([0] + [len(p) for p in parts])
+        self._starts = part_starts(parts)
 
     def __len__(self) -> int:
         return int(self._starts[-1])

@@ -16,7 +16,7 @@ from .. import atomic
 from ..data.arrays import LINKS, link_arrays, links_to, load_arrays
 from ..data.augment import AugmentParams, augment
 from ..data.prepared import SplitArrays
-from ..data.rows import BlankedRows, RowArray, StackedRows
+from ..data.rows import BlankedRows, RowArray, StackedRows, part_starts
 from ..models.checkpoints import load_checkpoint
 from ..engine.runtime import Runtime
 from ..models import build_model
@@ -196,11 +196,8 @@ def _sources(pairs: SplitArrays, parts: SetParts) -> Iterator[tuple[str, str, in
 
 def _blanked(parts: list[RowArray], masks: RowArray) -> list[BlankedRows]:
     """``parts`` (a split's rows, in order) each blanked by its rows of ``masks``."""
-    blanked, start = [], 0
-    for part in parts:
-        blanked.append(BlankedRows(part, masks.subset(np.arange(start, start + len(part)))))
-        start += len(part)
-    return blanked
+    starts = part_starts(parts)
+    return [BlankedRows(part, masks.subset(np.arange(starts[i], starts[i + 1]))) for i, part in enumerate(parts)]
 
 
 def _row_parts(array) -> list[RowArray | BlankedRows] | None:
