@@ -22,13 +22,11 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from results import markdown_table, record, with_projection  # noqa: E402
+from results import markdown_table, record, timed_steps, with_projection  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------- zoo
@@ -60,23 +58,17 @@ def segment(model, image, device, precision: str, channels_last: bool, repeats: 
     else:
         model, image = model.to(memory_format=torch.contiguous_format), image.contiguous()
     runtime = Runtime(device, precision)
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    with torch.no_grad():
-        for index in range(repeats + 1):
-            start = time.perf_counter()
-            with runtime.autocast():
-                logits = model(image)
-            classes = logits.float().argmax(1)
-            if cuda:
-                torch.cuda.synchronize()
-            if index:
-                times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-    return classes, statistics.median(times), peak
+    classes = None
+
+    @torch.no_grad()
+    def step() -> None:
+        nonlocal classes
+        with runtime.autocast():
+            logits = model(image)
+        classes = logits.float().argmax(1)
+
+    seconds, peak = timed_steps(step, repeats, device, warmup=1)
+    return classes, seconds, peak
 
 
 def zoo(args: argparse.Namespace) -> None:
