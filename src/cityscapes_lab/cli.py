@@ -428,7 +428,7 @@ def train(data: Path, name: str | None, weights: Path | None, model_options: tup
     from .config import load_config
     from .data.prepared import load_prepared
     from .engine.runtime import join_processes
-    from .engine.standard import train_standard
+    from .engine.standard import check_same_training, record_training, training_identity, train_standard
     from .models.registry import training_model
     from .outputs import check_output_folder, holds_only
 
@@ -440,13 +440,17 @@ def train(data: Path, name: str | None, weights: Path | None, model_options: tup
                           f"{prepared.protocol}; prepare with --protocol standard (use `study` for the paper protocol)")
     for split, option in ((train_split, "--split"), (val_split, "--val-split")):
         prepared.labeled_split(split, option)
-    check_output_folder(out, what="a training (best.pt, last.pt, result.json)", inputs=[data],
-                        ours=holds_only("best.pt", "last.pt", "result.json"))
+    check_output_folder(out, what="a training (run.json, best.pt, last.pt, result.json)", inputs=[data],
+                        ours=holds_only("run.json", "best.pt", "last.pt", "result.json"))
+    identity = training_identity(config, prepared, name, _options(model_options), weights, train_split, val_split,
+                                 seed)
+    check_same_training(out, config, identity)
     runtime = join_processes(config.train)
     torch.manual_seed(seed)
     model, options = training_model(config.train, prepared.num_classes, name, _options(model_options), weights)
     if runtime.main:
         Path(out).mkdir(parents=True, exist_ok=True)
+        record_training(out, identity)
         if runtime.device.type == "cpu":
             _note_load(torch.get_num_threads())
     summary = train_standard(name, model, options, prepared, config, out, runtime, train_split, val_split, seed)

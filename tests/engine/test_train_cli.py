@@ -22,6 +22,23 @@ def test_a_short_training_writes_its_checkpoint(args, tmp_path, capsys):
     assert "best val mIoU" in printed and json.loads((tmp_path / "run" / "result.json").read_text())["epochs"] == 1
 
 
+def test_a_rerun_continues_the_same_training_and_refuses_another(args, tmp_path, capsys):
+    """Rerun with the same settings: the training in --out continues (here: it is finished, so nothing changes).
+    With another setting, model or seed its last.pt would be resumed into a training it is not: refused in one
+    line that names what differs, and the folder is left as it was."""
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    out = tmp_path / "run"
+    assert {path.name for path in out.iterdir()} == {"run.json", "last.pt", "best.pt", "result.json"}
+    code, _, err = run_cli([*args, "--set", "train.threads=1"], capsys)  # not a result setting: the same training
+    assert code == 0, err
+    files = {path.name: path.read_bytes() for path in out.iterdir()}
+    expect_error([*args, "--set", "train.lr=0.5"], capsys, str(out), "other settings", "train.lr: 0.003 -> 0.5")
+    expect_error([*args, "--seed", "3"], capsys, str(out), "seed: 0 -> 3")
+    expect_error([*args[:4], "deeplabv3plus_r50", *args[7:]], capsys, 'model: "unet_paper" -> "deeplabv3plus_r50"')
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == files
+
+
 def test_weights_that_are_empty_or_do_not_fit(args, unet_checkpoint, tmp_path, capsys):
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")

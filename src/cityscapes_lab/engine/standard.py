@@ -1,6 +1,7 @@
 """Training any registered model on the standard protocol, on one device or several (``torchrun`` +
-DistributedDataParallel): the ``standard`` kind of the one training loop, with its files: ``last.pt`` after every
-epoch (resumed when present), ``best.pt`` (the epoch with the best val mIoU) and ``result.json``."""
+DistributedDataParallel): the ``standard`` kind of the one training loop, with its files: ``run.json`` (what the
+training is: settings, model, data, splits, seed), ``last.pt`` after every epoch (resumed when present, by the
+same training only), ``best.pt`` (the epoch with the best val mIoU) and ``result.json``."""
 
 from __future__ import annotations
 
@@ -12,12 +13,56 @@ from torch import nn
 
 from .. import atomic
 from ..config import Config
+from ..errors import ConfigError
 from ..data.prepared import PreparedData
 from ..models.checkpoints import save_checkpoint
 from ..models.registry import architecture_options
 from . import kinds
 from .runtime import Runtime
 from .train import train
+
+
+RUN_RECORD = "run.json"
+TRAINING_SECTIONS = ("train.", "online.")
+
+
+def training_identity(config: Config, data: PreparedData, name: str, options: dict, weights: Path | None,
+                      train_split: str, val_split: str, seed: int) -> dict:
+    """What makes a training this training: its result settings, model, starting weights, data (by its
+    ``meta.json``, so a moved folder is the same data), splits and seed."""
+    import hashlib
+
+    meta = Path(data.root) / "meta.json"
+    return {"settings": config.to_dict(), "model": name, "model_options": options,
+            "weights": str(Path(weights).resolve()) if weights else None,
+            "data_meta_sha256": hashlib.sha256(meta.read_bytes()).hexdigest() if meta.exists() else None,
+            "train_split": train_split, "val_split": val_split, "seed": seed}
+
+
+def check_same_training(out: Path, config: Config, identity: dict) -> None:
+    """Refuse to continue the training in ``out`` with other settings: its ``last.pt`` would be resumed into a
+    training it is not (ConfigError naming what differs). A folder from before ``run.json`` is resumed as it is."""
+    record = Path(out) / RUN_RECORD
+    if not record.exists():
+        return
+    try:
+        before = json.loads(record.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{record}: unreadable ({exc}); delete it to continue the training in {out} as "
+                          "it is, or give another --out") from None
+    # the sections a standard training reads (a changed [study] or [semisup] setting is not another training)
+    changed = [line for line in config.differences(before.get("settings", {})) if line.startswith(TRAINING_SECTIONS)]
+    changed += [f"{key}: {json.dumps(before.get(key))} -> {json.dumps(value)}" for key, value in identity.items()
+                if key != "settings" and before.get(key) != value]
+    if changed:
+        shown = "; ".join(changed[:4]) + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
+        raise ConfigError(f"{out}: holds a training with other settings ({shown}); rerun it with the same "
+                          "settings to continue it, or give another --out")
+
+
+def record_training(out: Path, identity: dict) -> None:
+    """Write ``run.json`` (atomically): what ``check_same_training`` compares a rerun with."""
+    atomic.write_text(Path(out) / RUN_RECORD, json.dumps(identity, indent=2, default=str) + "\n")
 
 
 def train_standard(name: str, model: nn.Module, options: dict, data: PreparedData, config: Config, out: Path,
