@@ -112,4 +112,6 @@ def with_projection(header: list[str], rows: list[list], images: int) -> tuple[l
     if best:
         notes.append(f"fastest measured: {best[1]}, {best[0]:,.1f} images/s, {images / best[0] / 3600:,.1f} hours: "
                      f"{best[0] / needed:.2f}x the rate the {GOAL_HOURS}-hour goal needs")
+        notes.append("with the longest chain of dependent trainings: `cityscapes-lab study --approaches all --plan "
+                     "--executor local --parallel N --throughput-all RATE` with a row's N and rate")
     return header, rows, notes
