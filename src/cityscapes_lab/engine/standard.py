@@ -5,6 +5,7 @@ same training only), ``best.pt`` (the epoch with the best val mIoU) and ``result
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -30,8 +31,6 @@ def training_identity(config: Config, data: PreparedData, name: str, options: di
                       train_split: str, val_split: str, seed: int) -> dict:
     """What makes a training this training: its result settings, model, starting weights, data (by its
     ``meta.json``, so a moved folder is the same data), splits and seed."""
-    import hashlib
-
     meta = Path(data.root) / "meta.json"
     return {"settings": config.to_dict(), "model": name, "model_options": options,
             "weights": str(Path(weights).resolve()) if weights else None,
