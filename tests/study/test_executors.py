@@ -299,6 +299,17 @@ def test_disk_needs_and_the_warning_of_a_study_that_would_not_fit(tiny_paper, tm
         "study.keep_datasets=false about 8.0 GB (study --plan gives the details)")
     assert study.disk_warning(needs, tmp_path, False, 1) is None  # 8 GB at once fit
     assert "has 8.0 GB free (study" in study.disk_warning(needs, tmp_path, False, 2)
+    assert "(not enough: " in study._disk_line(needs, tmp_path, True, 1)  # 13 GB to write, 8 GB free
+    # a begun study has written part of it already: the free space needs to hold only the rest
+    (tmp_path / "begun").mkdir()
+    (tmp_path / "begun" / "best.pt").write_bytes(b"x" * 1000)
+    assert study.written_bytes(tmp_path / "begun") == 1000
+    monkeypatch.setattr(study, "written_bytes", lambda out: 6 * 10**9)
+    line = study._disk_line(needs, tmp_path, True, 1)
+    assert "8.0 GB free there, 6.0 GB written already" in line and "not enough" not in line
+    monkeypatch.setattr(study, "written_bytes", lambda out: 4 * 10**9)
+    assert "(not enough: " in study._disk_line(needs, tmp_path, True, 1)  # 9 GB left to write
+    monkeypatch.undo()
     # a new study says so before it starts, and runs; a continued one does not repeat it
     monkeypatch.setattr(study, "free_bytes", lambda out: 0)
     messages = []

@@ -328,9 +328,22 @@ def free_bytes(out: Path) -> int:
     return shutil.disk_usage(where).free
 
 
+def written_bytes(out: Path) -> int:
+    """What a begun study has written in ``out`` already (file sizes; links are not followed)."""
+    total = 0
+    for folder, _, files in os.walk(out):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except OSError:  # removed meanwhile (a running study deletes sets)
+                pass
+    return total
+
+
 def _disk_line(needs: DiskNeeds, out: Path, keep_datasets: bool, slots: int) -> str:
-    """The disk the study's outputs take, kept or deleted as each generation finishes, beside the free space."""
-    free = free_bytes(out)
+    """The disk the study's outputs take, kept or deleted as each generation finishes, beside the free space (on a
+    begun study: beside what it has written already, which the free space no longer includes)."""
+    free, written = free_bytes(out), written_bytes(out)
     line = (f"disk: about {_gigabytes(needs.total)} in {out} ({_gigabytes(needs.checkpoints)} of checkpoints, "
             f"{_gigabytes(needs.total - needs.checkpoints)} of training sets under datasets/, the largest "
             f"step's {_gigabytes(max(needs.deletable, default=0))}); ")
@@ -340,8 +353,8 @@ def _disk_line(needs: DiskNeeds, out: Path, keep_datasets: bool, slots: int) -> 
                  f"{_gigabytes(needs.at_once(False, slots))} at once")
     else:
         line += f"study.keep_datasets=false: at most about {_gigabytes(needs.at_once(False, slots))} at once"
-    line += f"; {_gigabytes(free)} free there"
-    if free < needs.at_once(keep_datasets, slots):
+    line += f"; {_gigabytes(free)} free there" + (f", {_gigabytes(written)} written already" if written else "")
+    if free < needs.at_once(keep_datasets, slots) - written:
         line += " (not enough: free some space, or choose another --out)"
     return line
 
