@@ -87,15 +87,16 @@ def scores_of(database: Path) -> dict[tuple, float | None]:
     return entries
 
 
-def training_seconds(database: Path) -> list[float]:
-    return [row[0] for row in query(database, "SELECT seconds FROM trainings WHERE status = 'done'")]
+def finished_trainings(database: Path) -> list[tuple[float, str]]:
+    """(seconds, checkpoint) of each finished training."""
+    return query(database, "SELECT seconds, checkpoint FROM trainings WHERE status = 'done'")
 
 
-def outside_epochs(database: Path) -> list[float]:
+def outside_epochs(trainings: list[tuple[float, str]]) -> list[float]:
     """Seconds of each finished training beyond its epochs (which include validation): reading the data,
     building the model, a fresh worker's CUDA start, scoring the eval splits, writing checkpoints."""
     outside = []
-    for seconds, checkpoint in query(database, "SELECT seconds, checkpoint FROM trainings WHERE status = 'done'"):
+    for seconds, checkpoint in trainings:
         history = Path(checkpoint).parent / "history.csv"
         if seconds is not None and history.exists():
             with history.open() as rows:
@@ -285,8 +286,9 @@ def main() -> None:
                 failures.append(f"{label}: {summary.failed} of {summary.trained} trainings failed: "
                                 f"{first_error(database)}")
             scores = scores_of(database)
-            per_training = training_seconds(database)
-            beyond = outside_epochs(database)
+            trainings = finished_trainings(database)
+            per_training = [seconds for seconds, _ in trainings]
+            beyond = outside_epochs(trainings)
             at_once = {"serial": 1, "local": parallel, "ray": cores}[executor]
             rate_one = steady_rate(out, measured, measured_images)
             rate_all = rate_one * at_once if rate_one else None
@@ -310,8 +312,9 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     header = ["executor", "train.threads", "trainings", "wall s", "trainings / hour", "vs first row",
-              "median s per training", "of which outside its epochs", f"{measured.upper()} images/s per training (steady)", RATE_ALL,
-              "cores busy elsewhere at start", "scores vs first row"]
+              "median s per training", "of which outside its epochs",
+              f"{measured.upper()} images/s per training (steady)", RATE_ALL, "cores busy elsewhere at start",
+              "scores vs first row"]
     what = "FDT, 1 run, as many models as tasks at once" if waves else \
         "LDT + IM (n = 2), 1 run, 4 LDT models, 2 students x 2 generations"
     notes.append(f"{what}: {epochs} epochs, batch {batch}, {args.device}, "

@@ -100,6 +100,7 @@ def label_batch(models: list[nn.Module], images: np.ndarray, ids: list[str], rul
     """Pseudo pairs of one batch: (images, labels, masks or None), each (B, H, W[, 3]). ``with_images=False``
     returns None for the images (a caller that links to the unlabeled rows, or wants only the masks, need not
     have IM's blanked copies made)."""
+    unchanged = images if with_images else None  # the pairs' images where the rule keeps them as they are
     if rule.kind == "input_ensemble":
         labels = np.empty(images.shape[:3], dtype=np.uint8)
         for i, (image, image_id) in enumerate(zip(images, ids)):
@@ -107,15 +108,15 @@ def label_batch(models: list[nn.Module], images: np.ndarray, ids: list[str], rul
             inputs = np.stack(input_ensemble_inputs(image, rule.copies, rule.photometric, rng, rule.cumulative))
             per_input = probabilities(models, inputs, runtime)[0]  # one teacher: (copies, C, H, W)
             labels[i] = ensemble_label(per_input.cpu().numpy())
-        return (images if with_images else None), labels, None
+        return unchanged, labels, None
     if rule.kind == "ensemble":
         mean = mean_probabilities(models, images, runtime)
-        return (images if with_images else None), mean.argmax(dim=1).to(torch.uint8).cpu().numpy(), None
+        return unchanged, mean.argmax(dim=1).to(torch.uint8).cpu().numpy(), None
     if rule.kind not in ("teacher", "im"):  # never fall through to IM
         raise ValueError(f"label_batch has no code for the labelling rule {rule.kind!r}")
     predicted = predicted_classes(models, images, runtime)  # (n, B, H, W)
     if rule.kind == "teacher":
-        return (images if with_images else None), predicted[0], None
+        return unchanged, predicted[0], None
     labels, masks = np.empty(images.shape[:3], np.uint8), np.empty(images.shape[:3], bool)
     for i in range(len(images)):
         labels[i], masks[i] = inconsistency_label(predicted[:, i], rule.erode, rule.dilate, rule.block_output,

@@ -293,26 +293,24 @@ def describe_plan(data_dir: Path, out: Path, approaches: list[str], config: Conf
                          "At the published recipe (crop 801, 240 epochs) a student's training takes tens of "
                          "GPU-hours; measure the rate of your GPU with benchmarks/deeplab_step.py and pass it as "
                          "--throughput")
-    critical = _critical_path(plan, throughput) / 3600
-    on_gpu = Runtime.from_config(config.train).device.type == "cuda"
     slots = 1 if executor == "serial" else parallel if executor == "local" else \
         max(1, round(1 / gpus_per_task)) if gpus_per_task else parallel
     lines.append(_disk_line(disk_needs(plan), Path(out), config.study.keep_datasets, slots))
-    if throughput_all is not None:
-        critical = _critical_path(plan, throughput_all / slots) / 3600
-        wall = max(total_images / throughput_all / 3600, critical)
-        lines.append(f"with --executor {executor} and {slots} tasks at once, at {throughput_all:,.1f} images/s "
-                     f"together (given), {throughput_all / slots:,.1f} each: about {wall:.1f} hours (the longest "
-                     f"chain of dependent trainings alone at that rate each: {critical:.1f} h)")
-    elif executor != "serial":
-        if on_gpu or executor == "ray":
-            wall = max(hours / slots, critical)
+    if throughput_all is None and executor == "local" and Runtime.from_config(config.train).device.type != "cuda":
+        lines.append(f"with --executor local --parallel {slots} on this CPU the processes share its cores: "
+                     f"about {hours:.1f} hours as well (no training is faster than the one probed)")
+    elif executor != "serial":  # each task at its share of the rate of all together (given), or at one's rate
+        each = throughput if throughput_all is None else throughput_all / slots
+        critical = _critical_path(plan, each) / 3600
+        wall = max(total_images / (each * slots) / 3600, critical)
+        if throughput_all is None:
             lines.append(f"with --executor {executor} and {slots} tasks at once, each at that rate: about {wall:.1f} "
                          f"hours (the longest chain of dependent trainings alone: {critical:.1f} h); measure the "
                          "rate of trainings sharing a device with benchmarks/study_throughput.py")
         else:
-            lines.append(f"with --executor local --parallel {slots} on this CPU the processes share its cores: "
-                         f"about {hours:.1f} hours as well (no training is faster than the one probed)")
+            lines.append(f"with --executor {executor} and {slots} tasks at once, at {throughput_all:,.1f} images/s "
+                         f"together (given), {each:,.1f} each: about {wall:.1f} hours (the longest chain of "
+                         f"dependent trainings alone at that rate each: {critical:.1f} h)")
     return "\n".join(lines)
 
 
