@@ -496,7 +496,9 @@ SPECIAL = {"train.keep_freed_memory", "train.epochs", "train.model", "train.alph
            # a GPU's copy of the training set, same batches: tests/engine/test_sources.py
            "train.device_data",
            # the standard protocol's study settings: walked in tests/study/test_standard_study.py
-           "study.labeled_subset", "study.eval_rule", "study.eval_window"}
+           "study.labeled_subset", "study.eval_rule", "study.eval_window",
+           # the standard protocol's validation rule: tests/study/test_standard_study.py, tests/engine/test_train_cli.py
+           "train.val_rule", "train.val_window"}
 
 
 # --- the study's settings: tiny studies, each beside one with the default ----------------------------------------

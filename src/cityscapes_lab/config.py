@@ -73,6 +73,12 @@ class TrainConfig:
     val_every: int = setting(1, "validate every N epochs and after the last one (the best epoch is chosen among "
                                 "those); 1 = every epoch, as the study; the standard protocol's full-resolution val "
                                 "can cost more than a short epoch")
+    val_rule: str = setting("auto", "standard protocol: the evaluation rule of the validation that picks the best "
+                                    "epoch (whole, slide-unimatch-v1, slide-shifted, center-crop); auto = in a "
+                                    "study its study.eval_rule (the rule of its scores: UniMatch picks its best "
+                                    "epoch by its sliding-window val), in `train` whole")
+    val_window: int = setting(0, "the sliding window (or centre crop) of train.val_rule; 0 = the rule's own (with "
+                                 "auto: study.eval_window)")
     keep: str = setting("best", "weights kept: best (the epoch with the best validation, strictly better wins, "
                                 "as Keras' save_best_only) or last")
     nan_check: str = setting("epoch", "stop a training whose loss is NaN or infinite: epoch (one check per "
@@ -124,6 +130,10 @@ class TrainConfig:
         _check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0: no clipping)")
         _check(self.keep in ("best", "last"), "train.keep", "must be best or last")
         _check(self.val_every >= 1, "train.val_every", "must be >= 1")
+        _check(self.val_rule in ("auto", *EVAL_RULES), "train.val_rule", f"must be auto, {', '.join(EVAL_RULES)}")
+        _check(self.val_window >= 0, "train.val_window", "must be >= 0 (0: the rule's own window)")
+        _check(self.val_window == 0 or self.val_rule not in ("auto", "whole"), "train.val_window",
+               "applies to a sliding or centre-crop train.val_rule; leave it at 0 for whole and auto")
         _check(self.nan_check in ("epoch", "step", "off"), "train.nan_check", "must be epoch, step or off")
         _check(self.aux_weight >= 0, "train.aux_weight", "must be >= 0")
         _check(self.eval_batch_size >= 1, "train.eval_batch_size", "must be >= 1")

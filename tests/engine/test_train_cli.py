@@ -86,3 +86,30 @@ def test_a_checkpoint_does_not_keep_the_path_of_its_starting_backbone(tiny_stand
     saved = load_checkpoint(tmp_path / "run" / "best.pt")
     assert "backbone_weights" not in saved["model_options"] and saved["model_options"]["width"] == options["width"]
     load_predictor(None, tmp_path / "run" / "best.pt", device="cpu")  # builds and loads without the file
+
+
+def test_the_best_epoch_is_chosen_under_train_val_rule(args, tiny_standard, tmp_path, capsys):
+    """train.val_rule: each epoch's val mIoU is the rule's (UniMatch V1's windows, 48 wide), so result.json's best
+    val mIoU is best.pt's score under that rule, not its whole-image score; the rule is part of what the training
+    is (a rerun with another is refused)."""
+    import torch
+
+    from cityscapes_lab.data.prepared import load_prepared
+    from cityscapes_lab.engine.prediction import protocol_for
+    from cityscapes_lab.engine.runtime import Runtime
+    from cityscapes_lab.engine.validation import official_miou
+    from cityscapes_lab.models import model_spec
+    from cityscapes_lab.semisup.pseudo import load_model
+
+    rule = ["--set", "train.val_rule=slide-unimatch-v1", "--set", "train.val_window=48"]
+    code, _, err = run_cli([*args, *rule, "--set", "train.epochs=2"], capsys)
+    assert code == 0, err
+    out = tmp_path / "run"
+    result = json.loads((out / "result.json").read_text())
+    assert result["best_val_miou"] == max(row["val_miou"] for row in result["history"])
+    runtime = Runtime(torch.device("cpu"), channels_last=False)
+    model, val = load_model(out / "best.pt", runtime), load_prepared(tiny_standard).split("val")
+    windows = protocol_for(model_spec("unet_paper"), "slide-unimatch-v1", 48)
+    assert result["best_val_miou"] == pytest.approx(official_miou(model, val, "standard", runtime, windows), abs=1e-12)
+    assert result["best_val_miou"] != pytest.approx(official_miou(model, val, "standard", runtime), abs=1e-6)
+    expect_error([*args, "--set", "train.epochs=2"], capsys, 'train.val_rule: "slide-unimatch-v1" -> "auto"')

@@ -150,6 +150,32 @@ def test_the_evaluation_rule_and_its_window_decide_the_scores(standard_study, ti
                                                                abs=1e-12)
 
 
+def test_the_best_epoch_is_picked_under_the_evaluation_rule(standard_study):
+    """train.val_rule auto: every epoch is validated under the study's rule (UniMatch V1's windows, 48 here), as
+    UniMatch picks its best epoch by its sliding-window val; so each model's stored val mIoU is its best epoch's.
+    (Validated on whole images, the epochs' figures would be another rule's.)"""
+    for key, (_, values) in scores(standard_study).items():
+        lines = (standard_study / "models" / key / "history.csv").read_text().splitlines()
+        column = lines[0].split(",").index("val_miou")
+        epochs = [float(line.split(",")[column]) for line in lines[1:]]
+        assert max(epochs) == pytest.approx(values["val"]["miou"], abs=1e-12), key
+
+
+def test_the_validation_rule_follows_the_study_unless_it_is_set():
+    from cityscapes_lab.config import TrainConfig
+    from cityscapes_lab.engine.kinds import validation_rule
+
+    auto, name = TrainConfig(), "deeplabv3plus_r50"
+    assert validation_rule(auto, name) is None  # `train`: whole images
+    rule = validation_rule(auto, name, "slide-unimatch-v1", 48)
+    assert rule.mode == "slide" and rule.crop == (48, 48) and rule.combine == "unimatch"
+    assert validation_rule(TrainConfig(val_rule="whole"), name, "slide-unimatch-v1", 48) is None
+    crop = validation_rule(TrainConfig(val_rule="center-crop", val_window=32), name, "slide-unimatch-v1", 48)
+    assert crop.mode == "whole" and crop.score_crop == (32, 32)
+    with pytest.raises(ConfigError, match="train.val_window applies to a sliding"):
+        TrainConfig(val_window=48)
+
+
 def test_the_published_recipes_plan_on_the_command_line(tiny_standard, tmp_path, capsys):
     """configs/ssl-supervised.toml then configs/ssl-im.toml (later files override earlier ones): DeepLabV3+ R50,
     240 epochs of batch 8, 2 teachers and 2 generations of 2 students; the plan states the GPU-hours."""
@@ -224,6 +250,7 @@ def test_what_a_standard_study_refuses(tiny_standard, tmp_path, extra, approache
 def test_the_paper_protocol_refuses_the_standard_settings(tiny_paper, tmp_path):
     for setting, message in (("study.labeled_subset=1/8", "applies to the standard protocol"),
                              ("study.eval_rule=slide-unimatch-v1", "paper protocol scores whole images"),
+                             ("train.val_rule=slide-unimatch-v1", "picks the best epoch by the study's soft IoU"),
                              ("semisup.im_label=ignore", "no ignore label")):
         with pytest.raises(ConfigError, match=message):
             run_study(tiny_paper, tmp_path / "study", ["ldt"], load_config(overrides=[setting]), show_progress=False)

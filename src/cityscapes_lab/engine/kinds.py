@@ -7,8 +7,8 @@ kind               phases of an epoch (source, step)       validation, best epoc
 ``study``          arrays, cross-entropy (+ aux heads)     soft IoU on val (the study's;   train.epochs
                                                            official mIoU off the paper
                                                            protocol), highest
-``standard``       online augmentation (full batches),     official mIoU on val, highest   train.epochs
-                   cross-entropy with 255 ignored (+ aux
+``standard``       online augmentation (full batches),     official mIoU on val (whole     train.epochs
+                   cross-entropy with 255 ignored (+ aux   or train.val_rule), highest
                    heads)
 ``consistency``    labeled arrays, cross-entropy; then     cross-entropy on val after      semisup.cl_epochs
                    view pairs, consistency loss            each pass, lowest
@@ -27,7 +27,10 @@ from ..data.augment import AugmentParams
 from ..data.prepared import SplitArrays
 from ..errors import ConfigError
 from ..labels import IGNORE_INDEX
+from ..models.registry import model_spec
 from ..seeds import derive_seed
+from .inference import InferenceProtocol
+from .prediction import protocol_for
 from .runtime import Runtime
 from .sources import ArraySource, EvalNetBatches, OnlineAugmented, ViewPairs
 from .steps import Consistency, CrossEntropy, EvalNetLoss, has_aux_head
@@ -61,13 +64,25 @@ def study(model: nn.Module, train: SplitArrays, val: SplitArrays, config: TrainC
     return Training((phase,), Validation(measure, "val_score"), config.epochs, keras_epsilon=protocol == "paper")
 
 
+def validation_rule(config: TrainConfig, model_name: str, study_rule: str = "whole",
+                    study_window: int = 0) -> InferenceProtocol | None:
+    """The evaluation rule of the standard protocol's validation: train.val_rule, or with auto the rule the study
+    scores its models with (``study_rule``), so that the best epoch is the best under the rule reported; None for
+    whole images."""
+    name, window = (study_rule, study_window) if config.val_rule == "auto" else (config.val_rule, config.val_window)
+    if name == "whole":
+        return None
+    return protocol_for(model_spec(model_name), name, window or None)
+
+
 def standard(model: nn.Module, train: SplitArrays, val: SplitArrays, config: Config, runtime: Runtime, *,
-             seed: int, protocol: str = "standard") -> Training:
-    """The standard protocol: online augmentation on the device, 255 ignored, official mIoU on val."""
+             seed: int, protocol: str = "standard", val_rule: InferenceProtocol | None = None) -> Training:
+    """The standard protocol: online augmentation on the device, 255 ignored, official mIoU on val (whole images,
+    or under ``val_rule``: ``validation_rule``)."""
     phase = Phase(OnlineAugmented(train.images, train.labels, config.online, seed),
                   cross_entropy_step(model, config.train, IGNORE_INDEX), seed,
                   max(1, len(train) // runtime.batch_size), drop_last=True)
-    measure = lambda m: {"val_miou": official_miou(m, val, protocol, runtime)}  # noqa: E731
+    measure = lambda m: {"val_miou": official_miou(m, val, protocol, runtime, val_rule)}  # noqa: E731
     return Training((phase,), Validation(measure, "val_miou"), config.train.epochs, keras_epsilon=False)
 
 

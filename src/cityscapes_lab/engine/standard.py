@@ -66,12 +66,13 @@ def record_training(out: Path, identity: dict) -> None:
 
 def train_standard(name: str, model: nn.Module, options: dict, data: PreparedData, config: Config, out: Path,
                    runtime: Runtime, train_split: str = "train", val_split: str = "val", seed: int = 0) -> dict:
-    """Train (or fine-tune) ``model`` on ``train_split``; keep the epoch with the best val mIoU in ``best.pt``.
+    """Train (or fine-tune) ``model`` on ``train_split``; keep the epoch with the best val mIoU (whole images, or
+    under train.val_rule) in ``best.pt``.
     Every process sees its share of each global batch of ``train.batch_size``. Returns the summary written to
     ``out/result.json`` by the main process."""
     out = Path(out)
     training = kinds.standard(model, data.split(train_split), data.split(val_split), config, runtime, seed=seed,
-                              protocol=data.protocol)
+                              protocol=data.protocol, val_rule=kinds.validation_rule(config.train, name))
     result = train(model, training, config.train, runtime, checkpoint=out / "last.pt", desc=f"train {name}")
     best_miou = result.best.get("val_miou", float("nan"))
     if runtime.main and result.best_state is not None:

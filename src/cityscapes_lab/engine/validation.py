@@ -9,8 +9,9 @@ from torch import nn
 from ..data.prepared import SplitArrays
 from ..metrics.official import ConfusionMatrix, official_scores
 from ..metrics.paper import soft_iou_sums
-from .evaluate import label_ids_of
-from .inference import predict_logits, predicted_chunks
+from ..labels import NUM_TRAIN_CLASSES
+from .evaluate import cropped, label_ids_of
+from .inference import InferenceProtocol, predict_logits, predicted_chunks
 from .losses import pixel_cross_entropy
 from .runtime import Runtime
 from .sources import EvalNetBatches
@@ -34,17 +35,19 @@ def validation_soft_iou(model: nn.Module, images: np.ndarray, labels: np.ndarray
     return float(np.mean(scores)) if scores else float("nan")
 
 
-def official_miou(model: nn.Module, split: SplitArrays, protocol: str, runtime: Runtime) -> float:
-    """The official 19-class mIoU of a split, predicted and counted a chunk of images at a time; under DDP each
-    process predicts its share and the counts are summed."""
+def official_miou(model: nn.Module, split: SplitArrays, protocol: str, runtime: Runtime,
+                  rule: InferenceProtocol | None = None, num_classes: int = NUM_TRAIN_CLASSES) -> float:
+    """The official 19-class mIoU of a split, predicted and counted a chunk of images at a time, on whole images
+    or under an evaluation ``rule`` (sliding windows, centre crop: ``engine.prediction.PROTOCOLS``); under DDP
+    each process predicts its share and the counts are summed."""
     mine = np.arange(runtime.rank, len(split), runtime.world_size)
     images = split.images
     if runtime.world_size > 1:
         images = images.subset(mine) if hasattr(images, "subset") else images[mine]
+    labels = split.labels if rule is None else cropped(split, rule).labels
     confusion = ConfusionMatrix()
-    for rows, predicted in predicted_chunks(model, images, runtime):
-        labels = np.asarray(split.labels[mine[rows]])
-        confusion.add(label_ids_of(predicted, protocol), label_ids_of(labels, protocol))
+    for rows, predicted in predicted_chunks(model, images, runtime, rule, num_classes):
+        confusion.add(label_ids_of(predicted, protocol), label_ids_of(np.asarray(labels[mine[rows]]), protocol))
     return official_scores(confusion.all_reduce()).miou
 
 

@@ -119,6 +119,9 @@ def check_protocol(data: PreparedData, config: Config, semisup: list[str], basel
     if protocol == "paper" and (study.eval_rule != "whole" or study.eval_window):
         raise ConfigError(f"study.eval_rule {study.eval_rule}: the paper protocol scores whole images at its "
                           "416x208; the rules apply to the standard protocol; leave study.eval_rule at whole")
+    if protocol == "paper" and (config.train.val_rule not in ("auto", "whole") or config.train.val_window):
+        raise ConfigError(f"train.val_rule {config.train.val_rule}: the paper protocol picks the best epoch by the "
+                          "study's soft IoU on whole images at its 416x208; leave train.val_rule at auto")
     if study.eval_rule == "center-crop" and (study.save_predictions or study.full_resolution):
         raise ConfigError("study.eval_rule center-crop predicts only the centre crop, so it cannot write "
                           "full-size predictions or score at the original resolution; turn off "

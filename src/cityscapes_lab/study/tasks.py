@@ -153,8 +153,9 @@ def _train(model: torch.nn.Module, data: PreparedData, task: TrainingTask, confi
     official val mIoU), or consistency-loss fine-tuning from ``init_checkpoint``."""
     if task.consistency_views is None and data.protocol == "standard":
         settings = Config(train=config, online=OnlineAugmentConfig(**task.online))
+        rule = kinds.validation_rule(config, task.train["model"], task.eval_rule, task.eval_window)
         training = kinds.standard(model, open_train_set(data, task.train_set), data.split("val"), settings, runtime,
-                                  seed=task.seed, protocol=data.protocol)
+                                  seed=task.seed, protocol=data.protocol, val_rule=rule)
     elif task.consistency_views is None:
         training = kinds.study(model, open_train_set(data, task.train_set), data.split("val"), config, runtime,
                                seed=task.seed, num_classes=data.num_classes, ignore_index=data.ignore_index,
