@@ -218,6 +218,9 @@ def test_the_plan_at_a_measured_rate_of_several_trainings_at_once(tiny_paper, tm
     """--throughput-all: the rate of all the layout's tasks together (what gpu_check measures for N at once)
     gives the wall time, and each training runs at its share of it on the longest chain."""
     from cityscapes_lab.cli import main
+    from cityscapes_lab.data.prepared import load_prepared
+    from cityscapes_lab.semisup.plan import plan_study
+    from cityscapes_lab.study.keys import StudyLayout
 
     common = ["study", "--data", str(tiny_paper), "--out", str(tmp_path / "planned"), "--approaches", "im", "--plan",
               "--throughput", "100", *sum([["--set", s] for s in TINY], [])]
@@ -226,12 +229,17 @@ def test_the_plan_at_a_measured_rate_of_several_trainings_at_once(tiny_paper, tm
     assert exited.value.code == 0
     printed = capsys.readouterr().out
     images = int(printed.split(" images seen in training (estimated")[0].rsplit("; ", 1)[1].replace(",", ""))
+    data = load_prepared(tiny_paper)
+    plan = plan_study(["ldt"], ["im"], load_config(overrides=TINY), data, StudyLayout(tmp_path / "planned"))
+    assert images == sum(node.images for node in plan.trainings)
+    # the work in images of one training step: the pixels predicted at 3x the training's speed per pixel (given)
+    work = images + sum(node.predicted for node in plan.nodes) / (3 * data.size[0] * data.size[1])
     line = next(line for line in printed.splitlines() if "together (given)" in line)
     assert "2 tasks at once, at 0.5 images/s together (given), 0.2 each" in line  # 0.25, printed to 1 decimal
     wall = float(line.split("about ")[1].split(" hours")[0])
     chain = float(line.split("at that rate each: ")[1].split(" h)")[0])
     # the 6 trainings: 2 LDT side by side, then per generation 2 students side by side: the chain is 3 trainings
-    assert wall == pytest.approx(max(images / 0.5 / 3600, chain), abs=0.06) and chain > 0
+    assert wall == pytest.approx(max(work / 0.5 / 3600, chain), abs=0.06) and chain > 0 and work > images
     assert not (tmp_path / "planned").exists()
     with pytest.raises(SystemExit) as exited:
         main(common + ["--throughput-all", "500"])  # one at a time has no rate of several together

@@ -139,6 +139,22 @@ class InferenceProtocol:
         if self.edge not in ("shift", "truncate") or self.overlap not in ("mean", "sum") or self.combine not in RULES:
             raise ValueError(f"unknown edge {self.edge!r}, overlap {self.overlap!r} or combine {self.combine!r}")
 
+    def pixels(self, height: int, width: int) -> int:
+        """The pixels the network's forward passes cover for one height x width image (what predicting it costs,
+        for the plan): its centre crop, or at every scale the whole image or its windows, twice with flips."""
+        if self.score_crop is not None:
+            return self.score_crop[0] * self.score_crop[1]
+        total = 0
+        for scale in self.scales:
+            h, w = round(height * scale), round(width * scale)
+            if self.mode == "slide" or (self.slide_above is not None and scale > self.slide_above):
+                rows = window_positions(h, self.crop[0], self.stride[0], self.edge)
+                columns = window_positions(w, self.crop[1], self.stride[1], self.edge)
+                total += sum(b - a for a, b in rows) * sum(b - a for a, b in columns)
+            else:
+                total += h * w
+        return total * (2 if self.flip else 1)
+
     def region(self, height: int, width: int) -> tuple[slice, slice]:
         """The rows and columns of an H x W image that this protocol predicts and scores: all of them, or the centre
         crop at U2PL's offsets ((H - h) // 2, (W - w) // 2)."""

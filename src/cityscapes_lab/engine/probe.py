@@ -1,9 +1,11 @@
-"""How fast one training runs here: a short probe of the training loop at the study's batch and image size."""
+"""How fast one training runs here: a short probe of the training loop at the study's batch and image size, and
+of prediction (forward passes only) on the same images."""
 
 from __future__ import annotations
 
 import dataclasses
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,16 +13,23 @@ import torch
 
 from ..config import TrainConfig
 from ..models.registry import training_model
+from .inference import predict
 from .runtime import Runtime, cpu_threads
 from .sources import ArraySource
 from .steps import CrossEntropy
 from .train import Phase, Training, Validation, train
 
 
-def probe_throughput(config: TrainConfig, height: int, width: int, num_classes: int, steps: int = 2,
-                     processes: int = 1) -> float:
-    """Images per second of ``config``'s training on random images: two epochs of ``steps`` steps, the second
-    one timed (the first pays for warm-up and compilation)."""
+#: how many times faster per pixel a network predicts than it trains, where the probe does not measure it: a training
+#: step is a forward pass and a backward pass of about twice its cost
+FORWARD_SPEEDUP = 3.0
+
+
+def probe_rates(config: TrainConfig, height: int, width: int, num_classes: int, steps: int = 2,
+                processes: int = 1) -> tuple[float, float]:
+    """(images per second of ``config``'s training on random images, how many times faster per pixel the trained
+    network predicts them): two epochs of ``steps`` steps, the second one timed (the first pays for warm-up and
+    compilation), then two predictions of the batch, the second one timed."""
     torch.set_num_threads(cpu_threads(config.threads, processes))
     runtime = Runtime.from_config(config)
     rng = np.random.default_rng(0)
@@ -33,4 +42,10 @@ def probe_throughput(config: TrainConfig, height: int, width: int, num_classes: 
     training = Training((phase,), Validation(lambda m: {"probe": 0.0}, "probe"), 2, keras_epsilon=True)
     with tempfile.TemporaryDirectory() as folder:
         result = train(model, training, probe, runtime, checkpoint=Path(folder) / "probe.pt", show_progress=False)
-    return steps * config.batch_size / result.history[-1]["seconds"]
+    training_rate = steps * config.batch_size / result.history[-1]["seconds"]
+    seconds = []
+    for _ in range(2):
+        start = time.perf_counter()
+        predict(model, images, runtime)  # returns classes on the host: the device has finished
+        seconds.append(time.perf_counter() - start)
+    return training_rate, config.batch_size / seconds[-1] / training_rate

@@ -11,6 +11,9 @@ from pathlib import Path
 
 from ..config import Config
 from ..data.prepared import PreparedData
+from ..engine.kinds import validation_rule
+from ..engine.prediction import protocol_for
+from ..models.registry import model_spec
 from ..study.approaches import BASELINES, study_splits
 from ..study.graph import Node, Plan
 from ..study.groups import StudyContext, make_task, rank_group, record, top_checkpoints, training_seed
@@ -55,6 +58,17 @@ class _Builder:
         width, height = data.size
         self.pixels = width * height
         self._checkpoints: dict[float | str | None, int] = {}
+        # what a training predicts: val after each validated epoch (under train.val_rule), then its eval splits
+        # (under study.eval_rule); whole images of the prepared size on the paper protocol
+        study, model = config.study, config.train.model
+        score_rule = None if study.eval_rule == "whole" else protocol_for(model_spec(model), study.eval_rule,
+                                                                           study.eval_window or None)
+        val_rule = validation_rule(config.train, model, study.eval_rule, study.eval_window)
+        self.val_pixels = self.sizes.get("val", 0) * (val_rule.pixels(height, width) if val_rule else self.pixels)
+        scored = [name for name in study.eval_splits
+                  if name in data.splits and (data.has_labels(name) or study.save_predictions)]
+        self.scored_pixels = sum(self.sizes[name] for name in scored) * (
+            score_rule.pixels(height, width) if score_rule else self.pixels)
 
     def rank(self, group: GroupKey, keys: list[TrainingKey], after: list[str],
              then: Callable[[StudyContext], None] | None = None, **how) -> str:
@@ -67,20 +81,27 @@ class _Builder:
         return self.plan.add(Node(f"rank {group}", "rank", group, tuple(after), make=make)).id
 
     def trainings(self, group: GroupKey, count: int, after: tuple[str, ...], make_for, images: int,
-                  kind: str = "train", seed_of=None, alpha: float | None = None) -> list[Node]:
+                  kind: str = "train", seed_of=None, alpha: float | None = None, validations: int = 0) -> list[Node]:
         nodes = []
         disk = self.checkpoint_bytes("evalnet" if kind == "evalnet" else alpha)
+        # an EvalNet's rows are not counted (its inputs are made by the rows task, scored on val rows only)
+        predicted = 0 if kind == "evalnet" else validations * self.val_pixels + self.scored_pixels
         for member in range(count):
             key = TrainingKey(group, member)
             seed = (seed_of or (lambda key: training_seed(self.config, key)))(key)
             nodes.append(self.plan.add(Node(
-                f"{kind} {key}", kind, group, after, key=key, images=images, seed=seed, disk=disk,
+                f"{kind} {key}", kind, group, after, key=key, images=images, predicted=predicted, seed=seed, disk=disk,
                 make=lambda ctx, key=key: make_for(ctx, key), finished=lambda ctx, key=key: _done(ctx, key),
                 record=lambda ctx, result, key=key: record(ctx, key, result))))
         return nodes
 
     def segmentation_images(self, set_size: int, steps: int = 0, epochs: int = 0) -> int:
         return (epochs or self.config.train.epochs) * (steps or max(1, set_size // self.batch)) * self.batch
+
+    def validations(self, epochs: int = 0) -> int:
+        """How many epochs of a training end with a validation: every train.val_every-th and the last."""
+        epochs, every = epochs or self.config.train.epochs, self.config.train.val_every
+        return epochs // every + (epochs % every > 0)
 
     # --- baselines -------------------------------------------------------------------------------------------
     def baseline(self, approach: str) -> None:
@@ -98,7 +119,8 @@ class _Builder:
         for run in range(1, self.config.study.runs + 1):
             group = GroupKey(approach, run)
             nodes = self.trainings(group, self.config.study.models, after,
-                                   lambda ctx, key: make_task(ctx, key, train_set), self.segmentation_images(size))
+                                   lambda ctx, key: make_task(ctx, key, train_set), self.segmentation_images(size),
+                                   validations=self.validations())
             self.rank(group, [n.key for n in nodes], [n.id for n in nodes])
 
     # --- the semi-supervised approaches ---------------------------------------------------------------------
@@ -158,7 +180,8 @@ class _Builder:
 
         labeled, unlabeled = self.sizes.get("train_labeled", 0), self.sizes.get("train_unlabeled", 0)
         images = config.semisup.cl_epochs * (labeled + 2 * unlabeled)
-        nodes = self.trainings(group, config.semisup.students, (f"rank {ldt}",), make, images, kind="consistency")
+        nodes = self.trainings(group, config.semisup.students, (f"rank {ldt}",), make, images, kind="consistency",
+                               validations=2 * config.semisup.cl_epochs)
         self.rank(group, [n.key for n in nodes], [n.id for n in nodes])
 
     def generation(self, recipe: Recipe, group: GroupKey, nets_rank: str | None) -> None:
@@ -184,7 +207,9 @@ class _Builder:
         disk, transient = self._set_disk(recipe)
         built = self.plan.add(Node(f"set {group}", "set", group, after, make=make_set,
                                    finished=lambda ctx: (folder / "set" / "ids.json").exists()
-                                   or all(_done(ctx, k) for k in keys), disk=disk, transient=transient))
+                                   or all(_done(ctx, k) for k in keys), disk=disk, transient=transient,
+                                   predicted=self._labelling_passes(recipe, group) * self.sizes.get(
+                                       "train_unlabeled", 0) * self.pixels))
         alpha = self._alpha(recipe, group)
 
         def make_student(ctx: StudyContext, key: TrainingKey):
@@ -199,10 +224,20 @@ class _Builder:
 
         nodes = self.trainings(group, config.semisup.students, (built.id,), make_student,
                                self.segmentation_images(self._set_estimate(recipe),
-                                                        epochs=config.semisup.student_epochs), alpha=alpha)
+                                                        epochs=config.semisup.student_epochs), alpha=alpha,
+                               validations=self.validations(config.semisup.student_epochs))
         # once the students are done nothing reads their set again (a rerun skips the finished set)
         drop = None if config.study.keep_datasets else lambda ctx: drop_sets(folder, ("set", "pairs"))
         self.rank(group, keys, [n.id for n in nodes], then=drop)
+
+    def _labelling_passes(self, recipe: Recipe, group: GroupKey) -> int:
+        """Predictions of each unlabeled image that build a generation's set: one per teacher, per input copy
+        (IE: n + 1), or per candidate model (EvalNet selection; the EvalNets' own passes are not counted)."""
+        if recipe.rule == "input_ensemble":
+            return group.n + 1
+        if recipe.rule == "evalnet_selection":
+            return self.config.study.models if group.generation == 0 else self.config.semisup.students
+        return _teacher_count(recipe, group.n)
 
     def _alpha(self, recipe: Recipe, group: GroupKey) -> float:
         from .rules import generation_params
@@ -301,7 +336,4 @@ def disk_needs(plan: Plan) -> DiskNeeds:
     return DiskNeeds(sum(node.disk for node in plan.trainings), sum(node.disk - node.transient for node in sets),
                      tuple(sorted((node.transient for node in sets if node.transient), reverse=True)))
 
-
-def estimated_hours(images: int, throughput: float) -> float:
-    return images / max(throughput, 1e-9) / 3600 if images else 0.0
 

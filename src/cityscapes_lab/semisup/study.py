@@ -20,7 +20,7 @@ from pathlib import Path
 from .. import atomic
 from ..config import Config, format_config
 from ..data.prepared import PreparedData, load_prepared
-from ..engine.probe import probe_throughput
+from ..engine.probe import FORWARD_SPEEDUP, probe_rates
 from ..engine.runtime import Runtime, cpu_threads, load_note, worker_gpus
 from ..errors import ConfigError, DataError
 from ..outputs import check_output_folder, holds_only
@@ -248,51 +248,74 @@ def describe_plan(data_dir: Path, out: Path, approaches: list[str], config: Conf
     width, height = data.size
     # a training step sees the stored images (paper) or the online augmentation's crops (standard)
     step_height, step_width = (height, width) if data.protocol == "paper" else tuple(config.online.crop)
-    source = "given"
+    source, speedup = "given", FORWARD_SPEEDUP
+    speedup_source = "assumed: a training step is a forward pass and a backward pass of about twice its cost"
     if throughput is None:
-        throughput = probe_throughput(config.train, step_height, step_width, data.num_classes)
+        throughput, speedup = probe_rates(config.train, step_height, step_width, data.num_classes)
         source = f"measured here: {config.train.batch_size} images of {step_width}x{step_height} per step"
+        speedup_source = "measured here"
+    pixels = step_height * step_width
+
+    def seconds(node, rate: float = throughput) -> float:
+        """A task's time with each training at ``rate`` images/s, predicting ``speedup`` times as fast per pixel."""
+        return node.images / rate + node.predicted / (rate * speedup * pixels)
+
     statuses = training_statuses(Path(out))  # a study begun in ``out``: how far it is
     rows: dict[tuple, list] = {}
     for node in plan.nodes:
         group = node.group
         row = rows.setdefault((group.approach + (" EvalNets" if group.role == "evalnets" else ""), group.run,
-                               group.n, group.generation), [0, 0, 0, 0])
+                               group.n, group.generation), [0, 0, 0, 0, 0, 0.0])
         row[0] += 1
+        row[3] += node.predicted
+        row[5] += seconds(node)
         if node.training:
             row[1] += 1
             row[2] += node.images
-            row[3] += statuses.get(str(node.key)) in ("done", "failed")
+            row[4] += statuses.get(str(node.key)) in ("done", "failed")
     progress = " finished |" if statuses else ""
     lines = [f"plan of the study in {out}: {', '.join(baselines + semisup)} on {data_dir} ({data.protocol} protocol, "
              f"{width}x{height})", "",
-             f"| approach | run | n | generation | tasks | trainings |{progress} images seen in training | hours |",
-             "|---|---|---|---|---|---|---|---|" + ("---|" if statuses else "")]
-    for (name, run, n, generation), (tasks, trainings, images, finished) in rows.items():
+             f"| approach | run | n | generation | tasks | trainings |{progress} images seen in training | "
+             "Mpx predicted | hours |",
+             "|---|---|---|---|---|---|---|---|---|" + ("---|" if statuses else "")]
+    for (name, run, n, generation), (tasks, trainings, images, predicted, finished, time) in rows.items():
         lines.append(f"| {name} | {run or '-'} | {n or '-'} | {generation + 1} | {tasks} | {trainings} | "
-                     + (f"{finished} | " if statuses else "") + f"{images:,} | {images / throughput / 3600:.2f} |")
+                     + (f"{finished} | " if statuses else "") + f"{images:,} | {predicted / 1e6:,.0f} | "
+                     f"{time / 3600:.2f} |")
     total_images = sum(node.images for node in plan.trainings)
-    hours = total_images / throughput / 3600
+    total_predicted = sum(node.predicted for node in plan.nodes)
+    total_seconds = sum(seconds(node) for node in plan.nodes)
+    predicting = total_seconds - total_images / throughput
     kinds = {}
     for node in plan.nodes:
         kinds[node.kind] = kinds.get(node.kind, 0) + 1
+    hours = total_seconds / 3600
     lines += ["", f"{len(plan.nodes)} tasks ({', '.join(f'{v} {k}' for k, v in sorted(kinds.items()))}); "
               f"{len(plan.trainings)} trainings; {total_images:,} images seen in training "
               "(estimated where a training set is made during the study)",
-              f"at {throughput:.1f} images/s per training ({source}): {hours:.1f} hours one training at a time"]
+              f"{total_predicted / 1e6:,.0f} Mpx predicted: each training's validations (val after each validated "
+              f"epoch, {_rule_name(config.train.val_rule, config.study.eval_rule)}) and scoring "
+              f"({', '.join(config.study.eval_splits)}, {config.study.eval_rule}), and the teachers' labels of "
+              "each generation (the EvalNets' inputs and passes are not counted)",
+              f"at {throughput:.1f} images/s per training ({source}) and predictions {speedup:.1f}x as fast per "
+              f"pixel ({speedup_source}): {hours:.1f} hours one task at a time, of which {predicting / 3600:.1f} "
+              "predicting"]
     if statuses:
         status = {node.id: statuses.get(str(node.key)) for node in plan.trainings}
         counts = Counter(status.values())
-        left_images = sum(node.images for node in plan.trainings if status[node.id] not in ("done", "failed"))
+        left = [node for node in plan.trainings if status[node.id] not in ("done", "failed")]
+        left_images = sum(node.images for node in left)
         lines.append(f"begun in {out}: {counts['done'] + counts['failed']} of {len(plan.trainings)} trainings "
                      f"finished ({counts['failed']} failed), {counts['running']} running or interrupted; left: "
-                     f"{left_images:,} images seen in training, {left_images / throughput / 3600:.1f} hours one "
-                     "training at a time")
+                     f"{left_images:,} images seen in training, {sum(seconds(n) for n in left) / 3600:.1f} hours "
+                     "one training at a time (with their validations and scoring)")
     if data.protocol == "standard":
-        longest = max(plan.trainings, key=lambda node: node.images, default=None)
+        longest = max(plan.trainings, key=seconds, default=None)
         if longest is not None:
             lines.append(f"standard protocol: the longest training ({longest.key}) sees {longest.images:,} images of "
-                         f"{step_width}x{step_height}: {longest.images / throughput / 3600:.1f} hours at that rate. "
+                         f"{step_width}x{step_height} and predicts {longest.predicted / 1e6:,.0f} Mpx: "
+                         f"{seconds(longest) / 3600:.1f} hours at that rate. "
                          "At the published recipe (crop 801, 240 epochs) a student's training takes tens of "
                          "GPU-hours; measure the rate of your GPU with benchmarks/deeplab_step.py and pass it as "
                          "--throughput")
@@ -304,16 +327,16 @@ def describe_plan(data_dir: Path, out: Path, approaches: list[str], config: Conf
                      f"about {hours:.1f} hours as well (no training is faster than the one probed)")
     elif executor != "serial":  # each task at its share of the rate of all together (given), or at one's rate
         each = throughput if throughput_all is None else throughput_all / slots
-        critical = _critical_path(plan, each) / 3600
-        wall = max(total_images / (each * slots) / 3600, critical)
+        critical = _critical_path(plan, lambda node: seconds(node, each)) / 3600
+        wall = max(sum(seconds(node, each) for node in plan.nodes) / slots / 3600, critical)
         if throughput_all is None:
             lines.append(f"with --executor {executor} and {slots} tasks at once, each at that rate: about {wall:.1f} "
-                         f"hours (the longest chain of dependent trainings alone: {critical:.1f} h); measure the "
+                         f"hours (the longest chain of dependent tasks alone: {critical:.1f} h); measure the "
                          "rate of trainings sharing a device with benchmarks/study_throughput.py")
         else:
             lines.append(f"with --executor {executor} and {slots} tasks at once, at {throughput_all:,.1f} images/s "
                          f"together (given), {each:,.1f} each: about {wall:.1f} hours (the longest chain of "
-                         f"dependent trainings alone at that rate each: {critical:.1f} h)")
+                         f"dependent tasks alone at that rate each: {critical:.1f} h)")
     return "\n".join(lines)
 
 
@@ -360,10 +383,14 @@ def _disk_line(needs: DiskNeeds, out: Path, keep_datasets: bool, slots: int) -> 
     return line
 
 
-def _critical_path(plan, throughput: float) -> float:
-    """Seconds of the longest chain of dependent trainings (only trainings take time here)."""
+def _critical_path(plan, seconds: Callable) -> float:
+    """Seconds of the longest chain of dependent tasks, each taking ``seconds(node)`` (rankings take none)."""
     finish: dict[str, float] = {}
     for node in plan.nodes:  # the plan is in an order where every node comes after what it waits for
         start = max((finish[d] for d in node.after), default=0.0)
-        finish[node.id] = start + (node.images / throughput if node.training else 0.0)
+        finish[node.id] = start + seconds(node)
     return max(finish.values(), default=0.0)
+
+
+def _rule_name(val_rule: str, eval_rule: str) -> str:
+    return eval_rule if val_rule == "auto" else val_rule

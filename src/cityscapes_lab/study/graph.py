@@ -29,6 +29,8 @@ class Node:
     record: Callable[[Any, Any], None] = lambda ctx, result: None  # store what the task returned
     finished: Callable[[Any], bool] = lambda ctx: False  # done before (a rerun skips it)
     images: int = 0  # trainings: images seen in training (an estimate where the set is not built yet)
+    # pixels its networks predict: a training's validations and scoring, a set's pseudo-labels (estimates)
+    predicted: int = 0
     disk: int = 0  # bytes its outputs take (an estimate where a set's size is not known yet)
     transient: int = 0  # of those, the bytes deleted once its group is done (study.keep_datasets = false)
     seed: int = 0  # trainings: their seed (recorded also when the training cannot start)
