@@ -18,7 +18,6 @@ of the stacked group, side by side, for each K, and appends the table to RESULTS
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import sys
@@ -29,7 +28,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from results import markdown_table, record, timed_steps  # noqa: E402
+from results import benchmark_arguments, markdown_table, record, timed_steps  # noqa: E402
 
 from cityscapes_lab.engine.losses import pixel_cross_entropy  # noqa: E402
 from cityscapes_lab.engine.optim import DecoupledAdamW  # noqa: E402
@@ -130,14 +129,11 @@ def measure(k: int, batch: int, steps: int, device: torch.device, dtype: torch.d
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = benchmark_arguments(__doc__, device=True, json=True)
     parser.add_argument("--groups", default="1,2,4,8")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--precision", default=None, help="fp32,bf16 [default: fp32 on cpu, fp32,bf16 on cuda]")
-    parser.add_argument("--json", default=None, help="also write the rows here (for gpu_check.sh)")
-    parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     args = parser.parse_args()
     device = torch.device(args.device)
     precisions = (args.precision or ("fp32,bf16" if device.type == "cuda" else "fp32")).split(",")

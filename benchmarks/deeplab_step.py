@@ -11,7 +11,6 @@ Random weights and images: the speed depends on shapes only. On the CPU use a sm
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ import cityscapes_lab  # noqa: F401  (first: it sets THP_MEM_ALLOC_ENABLE before
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from results import markdown_table, record, timed_steps  # noqa: E402
+from results import benchmark_arguments, markdown_table, record, timed_steps  # noqa: E402
 
 from cityscapes_lab.engine.losses import ohem_cross_entropy  # noqa: E402
 from cityscapes_lab.models import build_model  # noqa: E402
@@ -53,15 +52,12 @@ def step_speed(model_name: str, crop: int, batch: int, steps: int, device: torch
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = benchmark_arguments(__doc__, device=True, json=True)
     parser.add_argument("--model", default="deeplabv3plus_r50")
     parser.add_argument("--crop", type=int, default=801)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--precision", default=None, help="fp32,bf16 [default: both on cuda, fp32 on cpu]")
-    parser.add_argument("--json", default=None, help="also write the rows here (for gpu_check.sh)")
-    parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     args = parser.parse_args()
     device = torch.device(args.device)
     rows, records = [], []

@@ -8,7 +8,6 @@ predictions, then times both evaluators (iIoU on) alternately and checks that th
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import statistics
@@ -20,7 +19,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from results import markdown_table, record  # noqa: E402
+from results import benchmark_arguments, markdown_table, record  # noqa: E402
 
 from cityscapes_lab.data import png  # noqa: E402
 from cityscapes_lab.data.synth import SynthOptions, synthesize  # noqa: E402
@@ -57,12 +56,10 @@ def official(raw: Path, predictions: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_arguments(__doc__, cache=True)
     parser.add_argument("--images", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--cache", type=Path, default=Path(__file__).parents[1] / ".bench")
-    parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     args = parser.parse_args()
     raw = args.cache / f"eval-2048x1024-{args.images}"
     synthesize(raw, SynthOptions(counts={"train": 0, "val": args.images, "test": 0, "train_extra": 0}, seed=11))

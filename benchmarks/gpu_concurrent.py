@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from results import markdown_table, record, timed_steps, with_projection  # noqa: E402
+from results import CACHE, markdown_table, record, timed_steps, with_projection  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------- zoo
@@ -204,7 +204,7 @@ def main() -> None:
     z.add_argument("--repeats", type=int, default=3)
     z.add_argument("--device", default="cuda")
     z.add_argument("--weights", action="append", default=[], metavar="NAME=PATH")
-    z.add_argument("--cache", type=Path, default=Path(__file__).parents[1] / ".bench")
+    z.add_argument("--cache", type=Path, default=CACHE)
     z.add_argument("--json", required=True)
     s = commands.add_parser("summary", help="the one table of gpu_check.sh")
     s.add_argument("work")

@@ -12,7 +12,6 @@ GPU itself is the limit: only less work per image (precision, fused kernels) mak
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from results import markdown_table, record  # noqa: E402
+from results import benchmark_arguments, markdown_table, record  # noqa: E402
 
 from cityscapes_lab.config import TrainConfig  # noqa: E402
 from cityscapes_lab.engine.runtime import Runtime  # noqa: E402
@@ -98,12 +97,9 @@ def measure(batch: int, steps: int, device: str) -> list:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = benchmark_arguments(__doc__, device=True, json=True)
     parser.add_argument("--batches", default="32,64")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--json", default=None, help="also write the rows here (for gpu_check.sh)")
-    parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     args = parser.parse_args()
     rows, records = [], []
     for batch in (int(b) for b in args.batches.split(",")):

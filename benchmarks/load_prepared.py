@@ -9,7 +9,6 @@ lazy `load_prepared(DIR)`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -18,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from results import markdown_table, record  # noqa: E402
+from results import benchmark_arguments, markdown_table, record  # noqa: E402
 from train_step import fake_paper_data  # noqa: E402
 
 COLD = """
@@ -36,11 +35,10 @@ print(json.dumps({"load": loaded - start, "splits": time.perf_counter() - loaded
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_arguments(__doc__)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--train", type=int, default=2975)
     parser.add_argument("--val", type=int, default=500)
-    parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     args = parser.parse_args()
     times: dict[str, list[dict]] = {"memory": [], "lazy": []}
     with tempfile.TemporaryDirectory() as tmp:

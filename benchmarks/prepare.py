@@ -10,7 +10,6 @@ in parallel, and writes compact arrays. Both run in one process, alternating, on
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import statistics
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 import cv2
 
 sys.path.insert(0, str(Path(__file__).parent))
-from results import markdown_table, record  # noqa: E402
+from results import benchmark_arguments, markdown_table, record  # noqa: E402
 
 from cityscapes_lab import load_prepared  # noqa: E402
 from cityscapes_lab.data.prepare import PrepareOptions, paper_size, prepare  # noqa: E402
@@ -59,13 +58,11 @@ def study_scripts(raw: Path, base: Path) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_arguments(__doc__, cache=True)
     parser.add_argument("--train", type=int, default=100)
     parser.add_argument("--val", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--cache", type=Path, default=Path(__file__).parents[1] / ".bench")
-    parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     args = parser.parse_args()
 
     raw = args.cache / f"raw-2048x1024-{args.train}-{args.val}"

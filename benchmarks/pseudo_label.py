@@ -6,7 +6,6 @@ with soft voting, in batches from memory. Images per second, on the CPU (and the
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from results import markdown_table, record  # noqa: E402
+from results import benchmark_arguments, markdown_table, record  # noqa: E402
 
 from cityscapes_lab.engine.runtime import Runtime  # noqa: E402
 from cityscapes_lab.models import build_model  # noqa: E402
@@ -24,10 +23,9 @@ from cityscapes_lab.semisup.pseudo import LabelingRule, label_batch  # noqa: E40
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_arguments(__doc__)
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     args = parser.parse_args()
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -10,6 +11,24 @@ from collections.abc import Callable
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
+CACHE = Path(__file__).parents[1] / ".bench"  # generated stand-in data, kept between runs
+
+
+def benchmark_arguments(doc: str, *, device: bool = False, json: bool = False,
+                        cache: bool = False) -> argparse.ArgumentParser:
+    """A benchmark's parser with the options they share: --no-record, and where asked --device (cuda when there
+    is one), --json FILE (its rows, for gpu_check.sh) and --cache (the stand-in data it generates)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--no-record", action="store_true", help="print the table, do not append it to RESULTS.md")
+    if device:
+        import torch
+
+        parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    if json:
+        parser.add_argument("--json", default=None, help="also write the rows here (for gpu_check.sh)")
+    if cache:
+        parser.add_argument("--cache", type=Path, default=CACHE, help="where generated stand-in data is kept")
+    return parser
 
 
 def timed_steps(step: Callable[[], object], steps: int, device, warmup: int = 2) -> tuple[float, float]:

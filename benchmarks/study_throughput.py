@@ -28,7 +28,6 @@ evaluation and pseudo-labelling not counted.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -44,7 +43,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from results import RATE_ALL, markdown_table, record, with_projection  # noqa: E402
+from results import RATE_ALL, benchmark_arguments, markdown_table, record, with_projection  # noqa: E402
 
 import cityscapes_lab  # noqa: E402
 from cityscapes_lab.config import load_config  # noqa: E402
@@ -169,7 +168,7 @@ def mps_state() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_arguments(__doc__, cache=True)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--executors", default=None,
                         help=f"cpu: comma-separated of {', '.join(CPU_EXECUTORS)} [default: all]; cuda: local only")
@@ -182,9 +181,7 @@ def main() -> None:
     parser.add_argument("--size", default=None, help="stand-in WIDTHxHEIGHT [default: cpu 512x256, cuda 2048x1024]")
     parser.add_argument("--epochs", type=int, default=None, help="epochs per training [default: cpu 6, cuda 10]")
     parser.add_argument("--batch", type=int, default=None, help="train.batch_size [default: cpu 8, cuda 32]")
-    parser.add_argument("--cache", type=Path, default=Path(__file__).parents[1] / ".bench")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows and notes as JSON here")
-    parser.add_argument("--no-record", action="store_true", help="print the table, do not append it to RESULTS.md")
     parser.add_argument("--waves", action="store_true",
                         help="one wave of FDT trainings per --parallel value, the local executor (the default on cuda)")
     parser.add_argument("--full-study-images", type=int, default=None,

@@ -43,7 +43,7 @@ import torch
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from results import markdown_table, record, timed_steps  # noqa: E402
+from results import benchmark_arguments, markdown_table, record, timed_steps  # noqa: E402
 
 from cityscapes_lab.engine.losses import pixel_cross_entropy  # noqa: E402
 from cityscapes_lab.engine.optim import DecoupledAdamW  # noqa: E402
@@ -171,7 +171,7 @@ def fake_paper_data(root: Path, train: int = 2975, val: int = 500) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_arguments(__doc__)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--alphas", default="1,2")
@@ -186,7 +186,6 @@ def main() -> None:
                         "all but bf16-graphs]")
     parser.add_argument("--memory", action="store_true", help="also measure peak memory of whole trainings")
     parser.add_argument("--memory-only", action="store_true", help="only measure the memory of whole trainings")
-    parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one variant, JSON on stdout
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

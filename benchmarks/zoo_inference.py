@@ -8,7 +8,6 @@ with channels-last (and compiled), images per second and peak GPU memory.
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from results import markdown_table, record, timed_steps  # noqa: E402
+from results import benchmark_arguments, markdown_table, record, timed_steps  # noqa: E402
 
 from cityscapes_lab.engine.runtime import Runtime  # noqa: E402
 from cityscapes_lab.models import build_model  # noqa: E402
@@ -43,11 +42,10 @@ def time_model(name: str, device: torch.device, precision: str, channels_last: b
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_arguments(__doc__)
     parser.add_argument("--models", default=",".join(ZOO))
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--size", default="1024x2048", help="HEIGHTxWIDTH of the image")
-    parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     args = parser.parse_args()
     size = tuple(int(v) for v in args.size.lower().split("x"))
     label = f"{size[0]}x{size[1]}"
