@@ -126,6 +126,9 @@ full_plan() {
     --approaches all > "$WORK/full-plan.txt" || return $?
   sed -n 's/.* trainings; \([0-9,]*\) images seen in training.*/\1/p' "$WORK/full-plan.txt" | tr -d , \
     > "$WORK/full-plan-images"
+  # "H hours one task at a time, of which P predicting": the predictions' time as a fraction of the training steps'
+  sed -n 's/.*: \([0-9.]*\) hours one task at a time, of which \([0-9.]*\) predicting.*/\1 \2/p' \
+    "$WORK/full-plan.txt" | awk '$1 > $2 { printf "%.4f\n", $2 / ($1 - $2) }' > "$WORK/full-plan-predicting"
 }
 
 # concurrent trainings sharing the device
@@ -236,6 +239,8 @@ stage deeplab "deeplabv3+ step" 45 "$WORK/deeplab.json" "$PY" benchmarks/deeplab
 FULL_IMAGES=$(cat "$WORK/full-plan-images" 2>/dev/null)
 SUMMARY_ARGS=$RECORD
 [ -n "$FULL_IMAGES" ] && SUMMARY_ARGS="$SUMMARY_ARGS --full-study-images $FULL_IMAGES"
+FULL_PREDICTING=$(cat "$WORK/full-plan-predicting" 2>/dev/null)
+[ -n "$FULL_IMAGES" ] && [ -n "$FULL_PREDICTING" ] && SUMMARY_ARGS="$SUMMARY_ARGS --full-study-predicting $FULL_PREDICTING"
 # shellcheck disable=SC2086
 "$PY" benchmarks/gpu_concurrent.py summary "$WORK" --device-name "$DEVICE_NAME" $SUMMARY_ARGS
 if [ -n "${GPU_CHECK_OUT:-}" ]; then

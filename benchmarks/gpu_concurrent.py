@@ -4,7 +4,7 @@ pixels whose class differs), and the one summary table of all stages.
     python benchmarks/gpu_concurrent.py zoo [--models hrnet_w48_ocr,upernet_internimage_l] [--size 1024x2048]
                                             [--repeats 3] [--device cuda] [--weights NAME=PATH] --json rows.json
     python benchmarks/gpu_concurrent.py summary WORK_DIR [--device-name NAME] [--no-record]
-                                                [--full-study-images N]
+                                                [--full-study-images N [--full-study-predicting F]]
 
 ``zoo`` builds each model (random weights unless --weights names a checkpoint), segments one stand-in frame
 (generated at the image size, cached in .bench/) in fp32 (NCHW, torch's default TF32 settings), with bf16
@@ -170,7 +170,8 @@ def summary(args: argparse.Namespace) -> None:
                 header = content["header"]
                 if args.full_study_images:
                     header, content["rows"], projection = with_projection(header, content["rows"],
-                                                                          args.full_study_images)
+                                                                          args.full_study_images,
+                                                                          args.full_study_predicting)
                     notes += projection
                 rows = [{"what": r[0], "result": ", ".join(f"{h} {c}" for h, c in zip(header[1:], r[1:]))}
                         for r in content["rows"]]
@@ -212,6 +213,8 @@ def main() -> None:
     s.add_argument("--no-record", action="store_true", help="print the table, do not append it to RESULTS.md")
     s.add_argument("--full-study-images", type=int, default=None,
                    help="images seen in training of the full study's plan: its hours at the concurrent rates")
+    s.add_argument("--full-study-predicting", type=float, default=0.0,
+                   help="the time of the plan's predictions as a fraction of its training steps' (study --plan)")
     args = parser.parse_args()
     zoo(args) if args.command == "zoo" else summary(args)
 

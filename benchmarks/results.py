@@ -107,10 +107,12 @@ GOAL_HOURS = 12  # the issue's goal for the full paper study on one GPU
 FULL_STUDY_HOURS = "full study h"
 
 
-def with_projection(header: list[str], rows: list[list], images: int) -> tuple[list[str], list[list], list[str]]:
+def with_projection(header: list[str], rows: list[list], images: int,
+                    predicting: float = 0.0) -> tuple[list[str], list[list], list[str]]:
     """study_throughput.py's header and rows with a column of the hours of a study of ``images`` images seen in
     training at each row's rate of all trainings at once, and the notes that say what the goal needs and which
-    row comes closest (a table projected already is returned as it is, without notes)."""
+    row comes closest (a table projected already is returned as it is, without notes). ``predicting``: the time
+    the plan gives its predictions (validations, scoring, teachers' labels) as a fraction of its training steps'."""
     if RATE_ALL not in header or FULL_STUDY_HOURS in header:  # nothing to project, or projected already
         return header, rows, []
     column = header.index(RATE_ALL)
@@ -125,12 +127,16 @@ def with_projection(header: list[str], rows: list[list], images: int) -> tuple[l
             for row, rate in zip(rows, rates)]
     needed = images / (GOAL_HOURS * 3600)
     notes = [f"full paper study: {images:,} images seen in training (its plan); {GOAL_HOURS} hours need "
-             f"{needed:,.0f} images/s of all trainings at once (training steps only: evaluation and "
-             "pseudo-labelling not counted)"]
+             f"{needed:,.0f} images/s of all trainings at once (training steps only)"]
     best = max(((rate, row[0]) for rate, row in zip(rates, rows) if rate), default=None)
     if best:
         notes.append(f"fastest measured: {best[1]}, {best[0]:,.1f} images/s, {images / best[0] / 3600:,.1f} hours: "
                      f"{best[0] / needed:.2f}x the rate the {GOAL_HOURS}-hour goal needs")
-        notes.append("with the longest chain of dependent trainings: `cityscapes-lab study --approaches all --plan "
+        if predicting:
+            notes.append(f"with the predicting the plan estimates ({predicting:.1%} of the training steps' time, at "
+                         f"its assumed 3x the training's speed per pixel): {GOAL_HOURS} hours need "
+                         f"{needed * (1 + predicting):,.0f} images/s; the fastest row "
+                         f"{images * (1 + predicting) / best[0] / 3600:,.1f} hours")
+        notes.append("with the longest chain of dependent tasks: `cityscapes-lab study --approaches all --plan "
                      "--executor local --parallel N --throughput-all RATE` with a row's N and rate")
     return header, rows, notes

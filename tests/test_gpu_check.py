@@ -47,6 +47,7 @@ def test_every_stage_runs_and_reports_in_a_cpu_rehearsal(tmp_path):
     assert "trainings: 4 done" in run.stdout and "identical" in run.stdout  # the study rows, executors' scores
     # the projection: the full study's plan (made in the background) over the rates of trainings at once
     assert "full study h " in run.stdout and "12 hours need" in run.stdout and "fastest measured" in run.stdout
+    assert "with the predicting the plan estimates" in run.stdout
     assert (tmp_path / "out" / "gpu-check-logs.tgz").stat().st_size > 0
     assert hashlib.sha256(results.read_bytes()).hexdigest() == before  # a rehearsal records nothing
 
@@ -72,6 +73,11 @@ def test_the_projection_adds_the_hours_at_each_rate_of_all_trainings_at_once():
     assert "local --parallel 4, 3,600.0 images/s, 1.0 hours: 12.00x" in notes[1]
     assert with_projection(["executor"], [["serial"]], 10) == (["executor"], [["serial"]], [])
     assert with_projection(header, rows, 3600 * 3600) == (header, rows, [])  # projected once, not twice
+    # the plan's predictions (validations, scoring, teachers' labels): a quarter of the training steps' time more
+    _, _, notes = with_projection(["executor", "images/s all at once"], [["local --parallel 4", "3600.0"]],
+                                  3600 * 3600, predicting=0.25)
+    assert "(25.0% of the training steps' time" in notes[2] and "12 hours need 375 images/s" in notes[2]
+    assert "the fastest row 1.2 hours" in notes[2]
 
 
 def test_without_a_cuda_device_it_says_so_and_exits_0():
