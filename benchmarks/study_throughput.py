@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from results import RATE_ALL, benchmark_arguments, markdown_table, record, with_projection  # noqa: E402
 
 import cityscapes_lab  # noqa: E402
+from cityscapes_lab import atomic  # noqa: E402
 from cityscapes_lab.config import load_config  # noqa: E402
 from cityscapes_lab.engine.runtime import busy_elsewhere  # noqa: E402
 from cityscapes_lab.parallel import default_workers  # noqa: E402
@@ -167,6 +168,11 @@ def mps_state() -> str:
     return ", ".join(notes)
 
 
+def write_rows(path: Path, title: str, header: list[str], rows: list[list], notes: list[str]) -> None:
+    """The table as JSON for gpu_check.sh, written atomically."""
+    atomic.write_text(path, json.dumps({"title": title, "header": header, "rows": rows, "notes": notes}, indent=1))
+
+
 def main() -> None:
     parser = benchmark_arguments(__doc__, cache=True)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -208,7 +214,7 @@ def main() -> None:
     if waves:
         executors = [f"local:{p}" for p in levels]
         if 1 in levels:  # the single training again, its batches copied from the host: what device_data saves
-            executors.insert(levels.index(1) + 1, "local:1:host")
+            executors.append("local:1:host")  # last: measured before (1.07x on an H200), the shared rates first
     else:
         wanted = (args.executors or ",".join(CPU_EXECUTORS)).split(",")
         unknown = [e for e in wanted if e not in CPU_EXECUTORS]
@@ -222,6 +228,13 @@ def main() -> None:
     batch = args.batch or (32 if cuda else 8)
     approaches = ["fdt"] if waves else ["ldt", "im"]
     measured = approaches[0]  # the baseline whose steady rate is measured
+    title = ("study_throughput: concurrent trainings sharing one GPU (local executor)" if cuda
+             else "study_throughput: waves of concurrent trainings on the CPU (local executor)" if waves
+             else "study_throughput: the study on the serial, local and Ray executors")
+    header = ["executor", "train.threads", "trainings", "wall s", "trainings / hour", "vs first row",
+              "median s per training", "of which outside its epochs",
+              f"{measured.upper()} images/s per training (steady)", RATE_ALL, "cores busy elsewhere at start",
+              "scores vs first row"]
     common = ["study.runs=1", f"train.epochs={epochs}", f"train.batch_size={batch}", f"train.device={args.device}"]
     if not waves:
         common += ["semisup.students=2", "semisup.generations=2", "semisup.n=2", "train.precision=fp32"]
@@ -304,14 +317,12 @@ def main() -> None:
                          f"{rate_one:.1f}" if rate_one else "-", f"{rate_all:.1f}" if rate_all else "-",
                          others, same])
             print(rows[-1], flush=True)
+            if args.json:  # a run cut short by a time limit keeps the rows it finished
+                write_rows(args.json, title, header, rows, [f"cut short: {len(rows)} of {len(executors)} rows"])
             shutil.rmtree(out, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    header = ["executor", "train.threads", "trainings", "wall s", "trainings / hour", "vs first row",
-              "median s per training", "of which outside its epochs",
-              f"{measured.upper()} images/s per training (steady)", RATE_ALL, "cores busy elsewhere at start",
-              "scores vs first row"]
     what = "FDT, 1 run, as many models as tasks at once" if waves else \
         "LDT + IM (n = 2), 1 run, 4 LDT models, 2 students x 2 generations"
     notes.append(f"{what}: {epochs} epochs, batch {batch}, {args.device}, "
@@ -339,12 +350,9 @@ def main() -> None:
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
     if load:
         notes.append(f"load average at the end: {' '.join(load)}.")
-    title = ("study_throughput: concurrent trainings sharing one GPU (local executor)" if cuda
-             else "study_throughput: waves of concurrent trainings on the CPU (local executor)" if waves
-             else "study_throughput: the study on the serial, local and Ray executors")
     table = markdown_table(header, rows)
     if args.json:
-        args.json.write_text(json.dumps({"title": title, "header": header, "rows": rows, "notes": notes}, indent=1))
+        write_rows(args.json, title, header, rows, notes)
     record(title, table, notes, save=not args.no_record)
     if failures:  # after the table, so that the rows that worked are kept
         sys.exit("study_throughput: " + "; ".join(failures))
