@@ -1,10 +1,13 @@
 """One supervised training step of the semi-supervised benchmark's DeepLabV3+ (UniMatch's recipe: crop 801,
 batch 8, SGD, OHEM), images per second and peak GPU memory, and the projected time of one supervised training
 of 240 epochs on each published labeled subset (186 / 372 / 744 / 1488 images) and of one IM student (all 2975
-train images) at that speed.
+train images) at that speed; beside it the validation that picks the best epoch: one val image of --val-size
+predicted under UniMatch V1's windows (the rule of the cps-family numbers), seconds per image, what 240
+validations of the 500 val images take, and how many times faster per pixel the network predicts than it
+trains (the figure `study --plan` assumes to be 3 where it is given --throughput).
 
     python benchmarks/deeplab_step.py [--device cuda] [--model deeplabv3plus_r50] [--crop 801] [--batch 8]
-        [--steps 5] [--precision fp32,bf16] [--json FILE] [--no-record]
+        [--steps 5] [--precision fp32,bf16] [--val-size 1024x2048] [--json FILE] [--no-record]
 
 Random weights and images: the speed depends on shapes only. On the CPU use a small --crop to check the script.
 """
@@ -16,17 +19,22 @@ import sys
 from pathlib import Path
 
 import cityscapes_lab  # noqa: F401  (first: it sets THP_MEM_ALLOC_ENABLE before torch allocates)
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from results import benchmark_arguments, markdown_table, record, timed_steps  # noqa: E402
 
 from cityscapes_lab.engine.losses import ohem_cross_entropy  # noqa: E402
-from cityscapes_lab.models import build_model  # noqa: E402
+from cityscapes_lab.engine.inference import predict_with  # noqa: E402
+from cityscapes_lab.engine.prediction import protocol_for  # noqa: E402
+from cityscapes_lab.engine.runtime import Runtime  # noqa: E402
+from cityscapes_lab.models import build_model, model_spec  # noqa: E402
 
 LABELED = {"1/16": 186, "1/8": 372, "1/4": 744, "1/2": 1488}
 TRAIN = 2975
 EPOCHS = 240
+VAL = 500
 
 
 def step_speed(model_name: str, crop: int, batch: int, steps: int, device: torch.device,
@@ -51,6 +59,19 @@ def step_speed(model_name: str, crop: int, batch: int, steps: int, device: torch
     return batch / seconds, peak
 
 
+def validation_speed(model_name: str, height: int, width: int, repeats: int, device: torch.device,
+                     precision: str) -> tuple[float, int]:
+    """(seconds to predict one height x width image under UniMatch V1's windows, the pixels its windows cover),
+    the median of ``repeats`` after one untimed prediction, as a training's validation predicts each val image."""
+    torch.manual_seed(0)
+    model = build_model(model_name, 19).to(device).to(memory_format=torch.channels_last).eval()
+    rule = protocol_for(model_spec(model_name), "slide-unimatch-v1")
+    runtime = Runtime(device, precision=precision)
+    image = np.random.default_rng(0).integers(0, 256, (1, height, width, 3), dtype=np.uint8)
+    seconds, _ = timed_steps(lambda: predict_with(model, image, rule, 19, runtime), repeats, device, warmup=1)
+    return seconds, rule.pixels(height, width)
+
+
 def main() -> None:
     parser = benchmark_arguments(__doc__, device=True, json=True)
     parser.add_argument("--model", default="deeplabv3plus_r50")
@@ -58,8 +79,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--precision", default=None, help="fp32,bf16 [default: both on cuda, fp32 on cpu]")
+    parser.add_argument("--val-size", default="1024x2048", help="HEIGHTxWIDTH of a val image")
     args = parser.parse_args()
     device = torch.device(args.device)
+    val_height, val_width = (int(v) for v in args.val_size.lower().split("x"))
     rows, records = [], []
     for precision in (args.precision or ("fp32,bf16" if device.type == "cuda" else "fp32")).split(","):
         dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
@@ -69,15 +92,27 @@ def main() -> None:
         hours = {f: EPOCHS * (n // args.batch) * args.batch / speed / 3600 for f, n in LABELED.items()}
         hours["IM student"] = EPOCHS * (TRAIN // args.batch) * args.batch / speed / 3600
         projection = ", ".join(f"{f}: {h:.1f} h" for f, h in hours.items())
-        rows.append([args.model, precision, f"{speed:.2f}", "-" if peak != peak else f"{peak:.2f}", projection])
+        per_image, pixels = validation_speed(args.model, val_height, val_width, args.steps, device, precision)
+        validations = EPOCHS * VAL * per_image / 3600
+        speedup = pixels / per_image / (speed * args.crop * args.crop)
+        rows.append([args.model, precision, f"{speed:.2f}", "-" if peak != peak else f"{peak:.2f}", projection,
+                     f"{per_image:.3f}", f"{validations:.1f}", f"{speedup:.1f}x"])
         records.append({"what": f"{args.model} supervised step, crop {args.crop}, batch {args.batch}, {precision}",
                         "result": f"{speed:.2f} img/s, peak {peak:.2f} GiB; 240 epochs: {projection}"})
-        print(f"{precision}: {speed:.2f} images/s; {projection}", flush=True)
+        records.append({"what": f"{args.model} validation, {val_height}x{val_width} under slide-unimatch-v1, "
+                                f"{precision}",
+                        "result": f"{per_image:.3f} s / image; {EPOCHS} validations of {VAL}: {validations:.1f} h; "
+                                  f"{speedup:.1f}x the training's speed per pixel"})
+        print(f"{precision}: {speed:.2f} images/s; {projection}; validation {per_image:.3f} s / image, "
+              f"{speedup:.1f}x per pixel", flush=True)
     table = markdown_table(["model", "precision", "images/s", "peak GPU GiB",
-                            f"one training, {EPOCHS} epochs (projected): supervised per subset, IM student"], rows)
+                            f"one training, {EPOCHS} epochs (projected): supervised per subset, IM student",
+                            f"val s / image ({val_height}x{val_width}, slide-unimatch-v1)",
+                            f"{EPOCHS} validations of {VAL} images, h", "predicting per pixel vs training"], rows)
     notes = [f"{device}; crop {args.crop}x{args.crop}, batch {args.batch}, SGD momentum 0.9, OHEM 0.7 / 200,000, "
              f"channels-last; median of {args.steps} steps after 2 warm-up steps; the projection counts training "
-             "steps only (no validation)"]
+             "steps only; the validation column is the rest of a training (once per epoch, as UniMatch), from one "
+             "random image predicted one window at a time (median of as many repeats as steps after one)"]
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": records}))
     record(f"DeepLabV3+ supervised step ({device.type})", table, notes, save=not args.no_record)

@@ -29,7 +29,8 @@
 #                                         (GPU_CHECK_TRAIN_STEP_ARGS replaces its arguments)
 #   standard     standard study           the semi-supervised benchmark's study (LDT + IM, DeepLabV3+) on cuda
 #   deeplab      DeepLabV3+ step          benchmarks/deeplab_step.py: one supervised R50 step at crop 801,
-#                                         batch 8, fp32 and bf16, and the projected time of one training
+#                                         batch 8, fp32 and bf16, and the projected time of one training;
+#                                         one val image under UniMatch V1's windows (the validation's cost)
 # Then one table (stage, what, result, status) is printed and appended to benchmarks/RESULTS.md with the device
 # name, with the hours of the full paper study at each measured rate of concurrent trainings (its images seen in
 # training: the study's plan, made on the CPU in the background while the tests run, never beside a
@@ -55,7 +56,7 @@ if [ "${GPU_CHECK_REHEARSE:-0}" = 1 ]; then
   PLAN_SYNTH="--train 40 --val 10 --test 0"
   BATCHED_ARGS="--groups 1,2 --steps 1 --batch 2"
   PROFILE_ARGS="--batches 2 --steps 1"
-  DEEPLAB_ARGS="--crop 129 --batch 2 --steps 1"
+  DEEPLAB_ARGS="--crop 129 --batch 2 --steps 1 --val-size 128x256"
 else
   if [ "$("$PY" -c 'import torch; print(torch.cuda.is_available())' 2>/dev/null)" != "True" ]; then
     echo "gpu_check: no CUDA device (torch.cuda.is_available() is False); nothing to check"
