@@ -279,10 +279,10 @@ def describe_plan(data_dir: Path, out: Path, approaches: list[str], config: Conf
              f"| approach | run | n | generation | tasks | trainings |{progress} images seen in training | "
              "Mpx predicted | hours |",
              "|---|---|---|---|---|---|---|---|---|" + ("---|" if statuses else "")]
-    for (name, run, n, generation), (tasks, trainings, images, predicted, finished, time) in rows.items():
+    for (name, run, n, generation), (tasks, trainings, images, predicted, finished, spent) in rows.items():
         lines.append(f"| {name} | {run or '-'} | {n or '-'} | {generation + 1} | {tasks} | {trainings} | "
                      + (f"{finished} | " if statuses else "") + f"{images:,} | {predicted / 1e6:,.0f} | "
-                     f"{time / 3600:.2f} |")
+                     f"{spent / 3600:.2f} |")
     total_images = sum(node.images for node in plan.trainings)
     total_predicted = sum(node.predicted for node in plan.nodes)
     total_seconds = sum(seconds(node) for node in plan.nodes)
