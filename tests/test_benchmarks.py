@@ -51,3 +51,32 @@ def test_keras_peer_without_the_original_code_says_what_to_give(tmp_path):
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert run.returncode != 0
     assert "is not a checkout of the original repository" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_study_throughput_keeps_the_rows_it_finished_when_cut_short(tmp_path, monkeypatch):
+    """gpu_check gives each stage a time limit: a run stopped after its first row (here: the second study raises)
+    leaves that row in its --json file, for the table."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import study_throughput
+
+    real, calls = study_throughput.run_study, []
+
+    def first_only(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt  # what a time limit's signal does to the rest of the run
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(study_throughput, "run_study", first_only)
+    out = tmp_path / "rows.json"
+    monkeypatch.setattr(sys, "argv", ["study_throughput.py", "--waves", "--parallel", "1,2", "--train", "8", "--val",
+                                      "4", "--size", "256x128", "--epochs", "1", "--batch", "4", "--cache",
+                                      str(tmp_path / "cache"), "--json", str(out), "--no-record"])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(KeyboardInterrupt):
+        study_throughput.main()
+    written = json.loads(out.read_text())
+    assert [row[0] for row in written["rows"]] == ["local --parallel 1"]
+    assert written["rows"][0][2] == "1 done, 0 failed" and written["notes"] == ["cut short: 1 of 3 rows"]
