@@ -75,8 +75,14 @@ def test_study_throughput_keeps_the_rows_it_finished_when_cut_short(tmp_path, mo
                                       "4", "--size", "256x128", "--epochs", "1", "--batch", "4", "--cache",
                                       str(tmp_path / "cache"), "--json", str(out), "--no-record"])
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(KeyboardInterrupt):
-        study_throughput.main()
+    import torch
+
+    threads = torch.get_num_threads()  # the tests after this one in this process keep their thread count
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            study_throughput.main()
+    finally:
+        torch.set_num_threads(threads)
     written = json.loads(out.read_text())
     assert [row[0] for row in written["rows"]] == ["local --parallel 1"]
     assert written["rows"][0][2] == "1 done, 0 failed" and written["notes"] == ["cut short: 1 of 3 rows"]
