@@ -27,10 +27,9 @@ from ..data.augment import AugmentParams
 from ..data.prepared import SplitArrays
 from ..errors import ConfigError
 from ..labels import IGNORE_INDEX
-from ..models.registry import model_spec
 from ..seeds import derive_seed
 from .inference import InferenceProtocol
-from .prediction import protocol_for
+from .prediction import rule_protocol
 from .runtime import Runtime
 from .sources import ArraySource, EvalNetBatches, OnlineAugmented, ViewPairs
 from .steps import Consistency, CrossEntropy, EvalNetLoss, has_aux_head
@@ -69,10 +68,9 @@ def validation_rule(config: TrainConfig, model_name: str, study_rule: str = "who
     """The evaluation rule of the standard protocol's validation: train.val_rule, or with auto the rule the study
     scores its models with (``study_rule``), so that the best epoch is the best under the rule reported; None for
     whole images."""
-    name, window = (study_rule, study_window) if config.val_rule == "auto" else (config.val_rule, config.val_window)
-    if name == "whole":
-        return None
-    return protocol_for(model_spec(model_name), name, window or None)
+    if config.val_rule == "auto":
+        return rule_protocol(model_name, study_rule, study_window)
+    return rule_protocol(model_name, config.val_rule, config.val_window)
 
 
 def standard(model: nn.Module, train: SplitArrays, val: SplitArrays, config: Config, runtime: Runtime, *,

@@ -20,7 +20,7 @@ from .. import atomic
 from ..data import png
 from ..errors import ConfigError, DataError
 from ..labels import LABELID_PALETTE, PAPER_NUM_CLASSES, PAPER_TO_LABELID, TRAINID_TO_LABELID
-from ..models.registry import ModelSpec
+from ..models.registry import ModelSpec, model_spec
 from ..outputs import check_output_folder, holds_only
 from .inference import MS_SCALES, InferenceProtocol, infer, unimatch_stride
 from .runtime import Runtime, resolve_device, resolve_precision
@@ -65,6 +65,12 @@ def protocol_for(spec: ModelSpec, name: str, window: int | None = None) -> Infer
     if name not in PROTOCOLS:
         raise DataError(f"unknown protocol {name!r}; choose {', '.join(PROTOCOLS)}")
     return replace(PROTOCOLS[name](spec, window), align_corners=spec.align_corners)
+
+
+def rule_protocol(model_name: str, name: str, window: int = 0) -> InferenceProtocol | None:
+    """A study's evaluation rule (study.eval_rule, train.val_rule) for a registry model; None for whole images,
+    which take the plain prediction path (``inference.predict``). ``window`` 0: the rule's own."""
+    return None if name == "whole" else protocol_for(model_spec(model_name), name, window or None)
 
 
 def label_ids_of(classes: np.ndarray, num_classes: int) -> np.ndarray:

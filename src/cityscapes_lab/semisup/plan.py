@@ -12,8 +12,7 @@ from pathlib import Path
 from ..config import Config
 from ..data.prepared import PreparedData
 from ..engine.kinds import validation_rule
-from ..engine.prediction import protocol_for
-from ..models.registry import model_spec
+from ..engine.prediction import rule_protocol
 from ..study.approaches import BASELINES, study_splits
 from ..study.graph import Node, Plan
 from ..study.groups import StudyContext, make_task, rank_group, record, top_checkpoints, training_seed
@@ -61,14 +60,16 @@ class _Builder:
         # what a training predicts: val after each validated epoch (under train.val_rule), then its eval splits
         # (under study.eval_rule); whole images of the prepared size on the paper protocol
         study, model = config.study, config.train.model
-        score_rule = None if study.eval_rule == "whole" else protocol_for(model_spec(model), study.eval_rule,
-                                                                           study.eval_window or None)
-        val_rule = validation_rule(config.train, model, study.eval_rule, study.eval_window)
-        self.val_pixels = self.sizes.get("val", 0) * (val_rule.pixels(height, width) if val_rule else self.pixels)
+
+        def per_image(rule) -> int:
+            return rule.pixels(height, width) if rule else self.pixels
+
+        self.val_pixels = self.sizes.get("val", 0) * per_image(
+            validation_rule(config.train, model, study.eval_rule, study.eval_window))
         scored = [name for name in study.eval_splits
                   if name in data.splits and (data.has_labels(name) or study.save_predictions)]
-        self.scored_pixels = sum(self.sizes[name] for name in scored) * (
-            score_rule.pixels(height, width) if score_rule else self.pixels)
+        self.scored_pixels = sum(self.sizes[name] for name in scored) * per_image(
+            rule_protocol(model, study.eval_rule, study.eval_window))
 
     def rank(self, group: GroupKey, keys: list[TrainingKey], after: list[str],
              then: Callable[[StudyContext], None] | None = None, **how) -> str:

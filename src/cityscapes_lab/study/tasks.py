@@ -20,9 +20,10 @@ from ..data.prepared import PreparedData, SplitArrays, load_prepared
 from ..engine import kinds
 from ..engine.evaluate import FullResolutionScorer, SplitScorer, cropped, write_predictions
 from ..engine.inference import predicted_chunks
+from ..engine.prediction import rule_protocol
 from ..engine.runtime import Runtime, cpu_threads, gpu_share
 from ..engine.train import FitResult, TrainingDiverged, train
-from ..models.registry import architecture_options, model_spec, training_model
+from ..models.registry import architecture_options, training_model
 from ..models.checkpoints import load_checkpoint, save_checkpoint
 
 
@@ -175,11 +176,7 @@ def score_model(model: torch.nn.Module, data: PreparedData, task: TrainingTask, 
     standard protocol under the task's evaluation rule. Predicted, written and scored a chunk of images at a time,
     so that memory does not grow with the split."""
     scores = {}
-    rule = None
-    if data.protocol == "standard" and task.eval_rule != "whole":
-        from ..engine.prediction import protocol_for
-
-        rule = protocol_for(model_spec(task.train["model"]), task.eval_rule, task.eval_window or None)
+    rule = rule_protocol(task.train["model"], task.eval_rule, task.eval_window) if data.protocol == "standard" else None
     for name in task.eval_splits:
         if name not in data.splits or not (data.has_labels(name) or task.predictions_dir):
             continue
