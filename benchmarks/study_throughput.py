@@ -23,7 +23,7 @@ evaluation and pseudo-labelling not counted.
     python benchmarks/study_throughput.py [--executors serial,local,ray,serial-all] [--parallel 2]
     python benchmarks/study_throughput.py --device cuda --parallel 1,2,4,8 [--json rows.json] [--no-record]
     python benchmarks/study_throughput.py --waves --parallel 1,2 [...]
-        [--full-study-images 371926500]
+        [--full-study-images 374374500]
 """
 
 from __future__ import annotations

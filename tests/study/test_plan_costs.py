@@ -26,21 +26,23 @@ def test_the_pixels_a_rule_predicts_of_one_image():
     assert InferenceProtocol(scales=(0.5, 1.0), flip=True).pixels(64, 128) == 2 * (32 * 64 + 64 * 128)
 
 
-def plan(data, *extra):
-    return plan_study(["ldt"], ["im"], load_config(overrides=TINY + list(extra)), data, StudyLayout(data.root / "x"))
+def plan(data, *extra, baselines=("ldt",), approaches=("im",)):
+    return plan_study(list(baselines), list(approaches), load_config(overrides=TINY + list(extra)), data,
+                      StudyLayout(data.root / "x"))
 
 
 @pytest.mark.parametrize("extra, validations", [((), 3), (("train.val_every=2",), 2)])
 def test_a_paper_trainings_validations_and_scoring(tiny_paper, extra, validations):
     """Val after each validated epoch (every one; with train.val_every 2 the second and the last), then its
-    scoring of val, whole images of the prepared size; the IM set: both teachers label every unlabeled image."""
+    scoring of val, whole images of the prepared size; the IM set: both teachers label every unlabeled image, and
+    val and test for the mask sizes of the report."""
     data = load_prepared(tiny_paper)
     width, height = data.size
-    val, unlabeled = len(data.splits["val"]), len(data.splits["train_unlabeled"])
+    val, unlabeled, test = (len(data.splits[name]) for name in ("val", "train_unlabeled", "test"))
     nodes = {node.id: node for node in plan(data, *extra).nodes}
     for key in ("train ldt/run1/gen0/m00", "train im/run1/n2/gen0/m01"):
         assert nodes[key].predicted == (validations + 1) * val * width * height, key
-    assert nodes["set im/run1/n2/gen0"].predicted == 2 * unlabeled * width * height
+    assert nodes["set im/run1/n2/gen0"].predicted == 2 * (unlabeled + val + test) * width * height
     assert nodes["rank ldt/run1/gen0"].predicted == 0
 
 
@@ -56,3 +58,34 @@ def test_a_standard_trainings_validations_under_the_rule(tiny_standard):
     assert ldt.predicted == (3 + 1) * val * windows
     whole = {node.id: node for node in plan(data, *overrides, "train.val_rule=whole").nodes}
     assert whole["train ldt/run1/gen0/m00"].predicted == 3 * val * 64 * 128 + val * windows
+
+
+def test_the_evalnets_rows_trainings_and_selection(tiny_paper):
+    """EvalNet, 2 models per baseline: the rows are each LDT and ALDT model's prediction of every labeled image
+    plus its truth, and of val by min(evalnet_val_models, 2) of each; an EvalNet trains on the rows and validates
+    on the val rows every epoch; the selection predicts with each LDT model and scores its masks with the n = 2
+    EvalNets."""
+    data = load_prepared(tiny_paper)
+    pixels = data.size[0] * data.size[1]
+    labeled, val, unlabeled = (len(data.splits[name]) for name in ("train_labeled", "val", "train_unlabeled"))
+    nodes = {node.id: node for node in plan(data, "semisup.evalnet_epochs=4", baselines=("ldt", "aldt"),
+                                            approaches=("evalnet",)).nodes}
+    assert nodes["rows evalnet.nets/run1/gen0"].predicted == (2 * 2 * labeled + 2 * 2 * val) * pixels
+    net = nodes["evalnet evalnet.nets/run1/gen0/m00"]
+    assert net.predicted == 4 * (2 * 2 + 1) * val * pixels
+    assert net.images == 4 * max(1, (2 * 2 + 1) * labeled // 2) * 2  # epochs x steps x batch 2
+    assert nodes["set evalnet/run1/n2/gen0"].predicted == 2 * (1 + 2) * unlabeled * pixels
+
+
+def test_the_im_plus_plus_rows_and_scored_pairs(tiny_paper):
+    """IM++: the rows come from one prediction of every labeled and val image by each LDT model (the passes reuse
+    it); its set's IM pairs are scored by the top-2 EvalNet-IM besides the 2 teachers' labels."""
+    data = load_prepared(tiny_paper)
+    pixels = data.size[0] * data.size[1]
+    labeled, val, unlabeled, test = (len(data.splits[name])
+                                     for name in ("train_labeled", "val", "train_unlabeled", "test"))
+    nodes = {node.id: node for node in plan(data, "semisup.evalnet_train_loops=3", approaches=("im++",)).nodes}
+    assert nodes["rows im++.nets/run1/gen0"].predicted == 2 * (labeled + val) * pixels
+    epochs = load_config(overrides=TINY).semisup.evalnet_epochs
+    assert nodes["evalnet im++.nets/run1/gen0/m00"].images == epochs * max(1, 3 * labeled // 2) * 2
+    assert nodes["set im++/run1/n2/gen0"].predicted == ((2 + 2) * unlabeled + 2 * (val + test)) * pixels

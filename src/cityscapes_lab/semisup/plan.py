@@ -20,7 +20,8 @@ from ..study.keys import GroupKey, StudyLayout, TrainingKey, derive_seed
 from ..study.tasks import AldtSetTask
 from .consistency import STRENGTHS
 from .recipes import RECIPES, Recipe
-from .runner import _source_group, _teacher_count, drop_sets, n_values, selection_steps
+from .runner import (IM_SCORERS, _source_group, _teacher_count, drop_sets, im_report_splits, n_values,
+                     selection_steps)
 from .tasks import EvalNetTask, RowsTask, SetTask
 
 
@@ -82,11 +83,14 @@ class _Builder:
         return self.plan.add(Node(f"rank {group}", "rank", group, tuple(after), make=make)).id
 
     def trainings(self, group: GroupKey, count: int, after: tuple[str, ...], make_for, images: int,
-                  kind: str = "train", seed_of=None, alpha: float | None = None, validations: int = 0) -> list[Node]:
+                  kind: str = "train", seed_of=None, alpha: float | None = None, validations: int = 0,
+                  predicted: int | None = None) -> list[Node]:
+        """``count`` trainings of a group; each predicts its validations and its scoring of the eval splits,
+        unless ``predicted`` says otherwise (an EvalNet validates on its own rows and scores nothing)."""
         nodes = []
         disk = self.checkpoint_bytes("evalnet" if kind == "evalnet" else alpha)
-        # an EvalNet's rows are not counted (its inputs are made by the rows task, scored on val rows only)
-        predicted = 0 if kind == "evalnet" else validations * self.val_pixels + self.scored_pixels
+        if predicted is None:
+            predicted = validations * self.val_pixels + self.scored_pixels
         for member in range(count):
             key = TrainingKey(group, member)
             seed = (seed_of or (lambda key: training_seed(self.config, key)))(key)
@@ -149,9 +153,11 @@ class _Builder:
                             ctx.threads)
 
         rows_disk = self._rows_disk(recipe)  # all of it deletable once the EvalNets are trained
+        train_rows, val_rows, predictions = self._rows_counts(recipe)
         rows = self.plan.add(Node(f"rows {group}", "rows", group, tuple(f"rank {GroupKey(b, run)}" for b in bases),
                                   make=make_rows, finished=lambda ctx: (folder / "val" / "ids.json").exists()
-                                  or all(_done(ctx, k) for k in keys), disk=rows_disk, transient=rows_disk))
+                                  or all(_done(ctx, k) for k in keys), disk=rows_disk, transient=rows_disk,
+                                  predicted=predictions * self.pixels))
 
         def seed_of(key: TrainingKey) -> int:
             return derive_seed(config.study.seed, str(key))
@@ -162,10 +168,11 @@ class _Builder:
                                str(folder / "train"), str(folder / "val"), str(out), ctx.data.num_classes,
                                ctx.show_progress, ctx.threads)
 
-        rows_estimate = self.sizes.get("train_labeled", 0) * max(1, config.semisup.evalnet_train_loops)
-        images = config.semisup.evalnet_epochs * max(1, rows_estimate // self.batch) * self.batch
+        epochs = config.semisup.evalnet_epochs
+        images = epochs * max(1, train_rows // self.batch) * self.batch
+        # an EvalNet's passes are counted as pixels of its inputs, like a segmentation network's
         nodes = self.trainings(group, config.semisup.evalnets, (rows.id,), make_net, images, kind="evalnet",
-                               seed_of=seed_of)
+                               seed_of=seed_of, predicted=self.validations(epochs) * val_rows * self.pixels)
         drop = None if config.study.keep_datasets else lambda ctx: drop_sets(folder, ("train", "val"))
         return self.rank(group, keys, [n.id for n in nodes], split="val", metric="total_loss",
                          higher_is_better=False, then=drop)
@@ -209,8 +216,7 @@ class _Builder:
         built = self.plan.add(Node(f"set {group}", "set", group, after, make=make_set,
                                    finished=lambda ctx: (folder / "set" / "ids.json").exists()
                                    or all(_done(ctx, k) for k in keys), disk=disk, transient=transient,
-                                   predicted=self._labelling_passes(recipe, group) * self.sizes.get(
-                                       "train_unlabeled", 0) * self.pixels))
+                                   predicted=self._set_predicted(recipe, group)))
         alpha = self._alpha(recipe, group)
 
         def make_student(ctx: StudyContext, key: TrainingKey):
@@ -231,14 +237,26 @@ class _Builder:
         drop = None if config.study.keep_datasets else lambda ctx: drop_sets(folder, ("set", "pairs"))
         self.rank(group, keys, [n.id for n in nodes], then=drop)
 
-    def _labelling_passes(self, recipe: Recipe, group: GroupKey) -> int:
-        """Predictions of each unlabeled image that build a generation's set: one per teacher, per input copy
-        (IE: n + 1), or per candidate model (EvalNet selection; the EvalNets' own passes are not counted)."""
+    def _set_predicted(self, recipe: Recipe, group: GroupKey) -> int:
+        """Pixels the networks predict to build a generation's set. Over each unlabeled image: one pass per teacher
+        or per input copy (IE: n + 1); EvalNet selection: one per candidate model, whose mask each of the top-n
+        EvalNets then scores; IM++ / AIM++: the top EvalNet-IM score each IM pair. IM teachers also predict the
+        splits their mask size is reported on."""
+        unlabeled = self.sizes.get("train_unlabeled", 0)
         if recipe.rule == "input_ensemble":
-            return group.n + 1
-        if recipe.rule == "evalnet_selection":
-            return self.config.study.models if group.generation == 0 else self.config.semisup.students
-        return _teacher_count(recipe, group.n)
+            passes = group.n + 1
+        elif recipe.rule == "evalnet_selection":
+            candidates = self.config.study.models if group.generation == 0 else self.config.semisup.students
+            passes = candidates * (1 + group.n)
+        else:
+            passes = _teacher_count(recipe, group.n)
+        if recipe.augmented == "evalnet":
+            passes += min(IM_SCORERS, self.config.semisup.evalnets)
+        reported = 0
+        if recipe.rule == "im":
+            reported = _teacher_count(recipe, group.n) * sum(
+                self.sizes.get(name, 0) for name in im_report_splits(self.data.protocol))
+        return (passes * unlabeled + reported) * self.pixels
 
     def _alpha(self, recipe: Recipe, group: GroupKey) -> float:
         from .rules import generation_params
@@ -283,18 +301,29 @@ class _Builder:
         composed = self._set_estimate(recipe) * pixels * 4 if recipe.augmented else 0
         return pairs + composed, pairs + composed
 
+    def _rows_counts(self, recipe: Recipe) -> tuple[int, int, int]:
+        """(training rows, validation rows, segmentation forward passes) of the EvalNets' rows of a run. EvalNet:
+        a row per LDT and ALDT model's prediction of each labeled image and one of its truth; on val those of
+        ``semisup.evalnet_val_models`` of each. EvalNet-IM: one IM pair per image and pass, from one prediction
+        of each image by every model of its baseline."""
+        s, models = self.config.semisup, self.config.study.models
+        labeled, val = self.sizes.get("train_labeled", 0), self.sizes.get("val", 0)
+        if recipe.evalnet == "miou":
+            val_models = min(s.evalnet_val_models, models)
+            return ((2 * models + 1) * labeled, (2 * val_models + 1) * val,
+                    2 * models * labeled + 2 * val_models * val)
+        return s.evalnet_train_loops * labeled, s.evalnet_val_loops * val, models * (labeled + val)
+
     def _rows_disk(self, recipe: Recipe) -> int:
         """Bytes of the EvalNets' rows of a run: images, and per row a candidate mask and its targets (EvalNet:
-        every LDT and ALDT model's prediction and the truth of each image; EvalNet-IM: one IM pair, with its own
-        image, per image and pass)."""
-        s, pixels = self.config.semisup, self.pixels
+        the images once; EvalNet-IM: every row has its own image)."""
+        pixels = self.pixels
         labeled, val = self.sizes.get("train_labeled", 0), self.sizes.get("val", 0)
         per_row = pixels + 8 * self.data.num_classes + 8  # mask, IoU and detection targets (float32), index
+        train_rows, val_rows, _ = self._rows_counts(recipe)
         if recipe.evalnet == "miou":
-            rows = (2 * self.config.study.models + 1) * labeled + (2 * s.evalnet_val_models + 1) * val
-            return (labeled + val) * 3 * pixels + rows * per_row
-        rows = s.evalnet_train_loops * labeled + s.evalnet_val_loops * val
-        return rows * (3 * pixels + per_row)
+            return (labeled + val) * 3 * pixels + (train_rows + val_rows) * per_row
+        return (train_rows + val_rows) * (3 * pixels + per_row)
 
 
 def _ranked(ctx: StudyContext, group: GroupKey) -> list[Path]:

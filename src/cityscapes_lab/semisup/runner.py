@@ -79,6 +79,15 @@ def _labeled(ctx: Workspace, recipe: Recipe) -> SplitArrays:
     return ctx.data.split(ctx.splits.train_labeled)
 
 
+IM_SCORERS = 2  # IM++ / AIM++: the top-2 EvalNet-IM score each IM pair (the study's choice)
+
+
+def im_report_splits(protocol: str) -> tuple[str, ...]:
+    """The splits on which an IM set's teachers also report their mask size: the standard protocol's test split
+    is large and unlabeled, so val alone says how much they disagree there."""
+    return ("val", "test") if protocol == "paper" else ("val",)
+
+
 def _im_sizes(ctx: Workspace, models, rule: LabelingRule, split_name: str, seed: int) -> dict[str, float]:
     """Mean inconsistency-mask size of the teachers on a split (for the report)."""
     split = ctx.data.split(split_name)
@@ -113,15 +122,14 @@ def build_set(ctx: Workspace, recipe: Recipe, group: GroupKey, teachers: list[Pa
         pixels = pairs.images.shape[1] * pairs.images.shape[2]
         sizes = mask_sizes(masks)
         stats["train_unlabeled"] = {"mean_im_pixels": float(sizes.mean()), "mean_im_share": float(sizes.mean()) / pixels}
-        # the standard protocol's test split is large and unlabeled: val alone says how much the teachers disagree
-        for split in ("val", "test") if ctx.data.protocol == "paper" else ("val",):
+        for split in im_report_splits(ctx.data.protocol):
             if split in ctx.data.splits:
                 stats[split] = _im_sizes(ctx, teachers, rule, split, seed)
     copies = None
     if recipe.augmented == "one":
         copies = np.ones(len(pairs), dtype=np.int64)
     elif recipe.augmented == "evalnet":
-        scorers = [evalnets.load_evalnet(p, runtime) for p in nets[:2]]  # the study: the top-2 EvalNet-IM
+        scorers = [evalnets.load_evalnet(p, runtime) for p in nets[:IM_SCORERS]]
         scores = evalnets.score_masks(scorers, pairs.images, pairs.labels,
                                       runtime.but(eval_batch_size=ctx.config.semisup.label_batch_size),
                                       classes=slice(1, None))

@@ -297,7 +297,8 @@ def describe_plan(data_dir: Path, out: Path, approaches: list[str], config: Conf
               f"{total_predicted / 1e6:,.0f} Mpx predicted: each training's validations (val after each validated "
               f"epoch, {_rule_name(config.train.val_rule, config.study.eval_rule)}) and scoring "
               f"({', '.join(config.study.eval_splits)}, {config.study.eval_rule}), and the teachers' labels of "
-              "each generation (the EvalNets' inputs and passes are not counted)",
+              "each generation, the EvalNets' rows, validations and scoring of masks (an EvalNet's pass counted as a "
+              "segmentation network's of as many pixels)",
               f"at {throughput:.1f} images/s per training ({source}) and predictions {speedup:.1f}x as fast per "
               f"pixel ({speedup_source}): {hours:.1f} hours one task at a time, of which {predicting / 3600:.1f} "
               "predicting"]
