@@ -37,6 +37,11 @@ def test_a_rerun_continues_the_same_training_and_refuses_another(args, tmp_path,
     expect_error([*args, "--seed", "3"], capsys, str(out), "seed: 0 -> 3")
     expect_error([*args[:4], "deeplabv3plus_r50", *args[7:]], capsys, 'model: "unet_paper" -> "deeplabv3plus_r50"')
     assert {path.name: path.read_bytes() for path in out.iterdir()} == files
+    # a resume point without its record (run.json is written before the first epoch): nothing says what it is
+    (out / "run.json").unlink()
+    del files["run.json"]
+    expect_error(args, capsys, str(out / "last.pt"), "without run.json", "delete it")
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == files
 
 
 def test_weights_that_are_empty_or_do_not_fit(args, unet_checkpoint, tmp_path, capsys):

@@ -40,9 +40,14 @@ def training_identity(config: Config, data: PreparedData, name: str, options: di
 
 def check_same_training(out: Path, config: Config, identity: dict) -> None:
     """Refuse to continue the training in ``out`` with other settings: its ``last.pt`` would be resumed into a
-    training it is not (ConfigError naming what differs). A folder from before ``run.json`` is resumed as it is."""
+    training it is not (ConfigError naming what differs). A ``last.pt`` without ``run.json`` (which is written
+    before the first epoch) is refused too: nothing says which training it belongs to."""
     record = Path(out) / RUN_RECORD
     if not record.exists():
+        if (Path(out) / "last.pt").exists():
+            raise ConfigError(f"{Path(out) / 'last.pt'}: a resume point without {RUN_RECORD}, so nothing says which "
+                              "training it belongs to; delete it to start this training afresh, or give another "
+                              "--out")
         return
     try:
         before = json.loads(record.read_text())
