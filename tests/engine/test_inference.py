@@ -260,3 +260,46 @@ def test_cuda_gives_the_cpu_scores(protocol):
     with full_fp32_on_cuda():
         scores = infer(model.cuda(), images, protocol, CLASSES, Runtime(torch.device("cuda"))).cpu()
     assert_same_scores(scores, expected)
+
+
+def test_window_passes_group_consecutive_windows_of_one_shape():
+    """UniMatch V1's truncated windows of a 6x8 image (windows of 4 every 3): rows (0,4) and (3,6) of heights 4
+    and 3, columns (0,4), (3,7), (6,8) of widths 4, 4, 2. Up to 32 pixels a pass, the two 4x4 windows share one,
+    the two 3x4 windows another, each narrow one has its own; up to 16 pixels every window is alone, as with no
+    budget; the order of the windows never changes."""
+    from cityscapes_lab.engine.inference import window_passes
+
+    rows, columns = window_positions(6, 4, 3, "truncate"), window_positions(8, 4, 3, "truncate")
+    assert (rows, columns) == ([(0, 4), (3, 6)], [(0, 4), (3, 7), (6, 8)])
+    a, b, c, d, e, f = ((y1, y2, x1, x2) for y1, y2 in rows for x1, x2 in columns)
+    assert window_passes(rows, columns, 32) == [[a, b], [c], [d, e], [f]]
+    assert window_passes(rows, columns, 16) == window_passes(rows, columns, None) == [[w] for w in (a, b, c, d, e, f)]
+
+
+class CountedNet(ToyNet):
+    """ToyNet that counts its forward passes."""
+
+    passes = 0
+
+    def forward(self, images):
+        self.passes += 1
+        return super().forward(images)
+
+
+@pytest.mark.parametrize("protocol", [
+    InferenceProtocol("slide", (20, 20), (13, 13), edge="truncate", combine="unimatch", overlap="sum"),
+    InferenceProtocol("slide", (16, 24), (11, 15)),
+    InferenceProtocol("whole", (16, 16), (16, 16), (1.0, 1.5), True, "hrnet", 1.0, align_corners=True),
+], ids=["slide-unimatch-v1", "slide", "hrnet-ms-flip"])
+def test_windows_sharing_a_pass_give_the_scores_of_one_window_at_a_time(protocol):
+    """Batched windows (the default on a GPU) take fewer forward passes and give the score map of one window at
+    a time, as the official code predicts (the default on the CPU)."""
+    from cityscapes_lab.engine.runtime import Runtime
+
+    images = random_images((1, 37, 53, 3))
+    alone, batched = CountedNet(), CountedNet()
+    expected = infer(alone, images, protocol, CLASSES, Runtime.cpu(channels_last=False))
+    scores = infer(batched, images, protocol, CLASSES, Runtime.cpu(channels_last=False, batch_windows=True))
+    assert_same_scores(scores, expected)
+    assert torch.equal(scores.argmax(1), expected.argmax(1))
+    assert batched.passes < alone.passes

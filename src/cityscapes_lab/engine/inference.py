@@ -271,16 +271,42 @@ def window_positions(length: int, crop: int, stride: int, edge: str = "shift") -
     return positions
 
 
+Window = tuple[int, int, int, int]  # y1, y2, x1, x2
+
+
+def window_passes(rows: list[tuple[int, int]], columns: list[tuple[int, int]],
+                  pixels: int | None) -> list[list[Window]]:
+    """The windows in raster order, cut into forward passes: runs of consecutive windows of one shape holding at
+    most ``pixels`` pixels (at least one window; None: one window per pass). Taking the windows in their order
+    keeps the sums where they overlap in the official code's order, so the scores do not depend on the grouping
+    beyond the network's own batch arithmetic."""
+    passes: list[list[Window]] = []
+    for y1, y2 in rows:
+        for x1, x2 in columns:
+            shape = (y2 - y1, x2 - x1)
+            last = passes[-1] if passes else []
+            same = bool(last) and (last[0][1] - last[0][0], last[0][3] - last[0][2]) == shape
+            if same and pixels is not None and (len(last) + 1) * shape[0] * shape[1] <= pixels:
+                last.append((y1, y2, x1, x2))
+            else:
+                passes.append([(y1, y2, x1, x2)])
+    return passes
+
+
 def slide(score_fn: Scores, x: torch.Tensor, crop: tuple[int, int], stride: tuple[int, int], channels: int,
-          edge: str = "shift", mean: bool = True) -> torch.Tensor:
+          edge: str = "shift", mean: bool = True, pass_pixels: int | None = None) -> torch.Tensor:
     """Scores of ``score_fn`` over sliding windows of x (N, 3, H, W) placed by ``edge``, averaged where windows
-    overlap (else summed)."""
+    overlap (else summed). Windows of one shape go through ``score_fn`` together, up to ``pass_pixels`` pixels
+    per image and pass (``window_passes``; None: one at a time)."""
     n, _, height, width = x.shape
     total = x.new_zeros((n, channels, height, width), dtype=torch.float32)
     count = x.new_zeros((1, 1, height, width), dtype=torch.float32)
-    for y1, y2 in window_positions(height, crop[0], stride[0], edge):
-        for x1, x2 in window_positions(width, crop[1], stride[1], edge):
-            total[:, :, y1:y2, x1:x2] += score_fn(x[:, :, y1:y2, x1:x2])
+    rows = window_positions(height, crop[0], stride[0], edge)
+    columns = window_positions(width, crop[1], stride[1], edge)
+    for windows in window_passes(rows, columns, pass_pixels):
+        scores = score_fn(torch.cat([x[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in windows]))
+        for index, (y1, y2, x1, x2) in enumerate(windows):
+            total[:, :, y1:y2, x1:x2] += scores[index * n:(index + 1) * n]
             count[:, :, y1:y2, x1:x2] += 1
     return total / count if mean else total
 
@@ -290,7 +316,9 @@ def infer(model: nn.Module, images: np.ndarray, protocol: InferenceProtocol, num
           runtime: Runtime | None = None) -> torch.Tensor:
     """Score map (N, C, H, W) float32 of images (N, H, W, 3) uint8 RGB (of their ``protocol.region`` with a
     ``score_crop``); its argmax is the prediction. Forward passes run in the runtime's precision (fp32 on the CPU,
-    NCHW, without one)."""
+    NCHW, without one). With ``runtime.batch_windows`` (by default on a GPU) sliding windows of one shape share a
+    pass, as many as hold the pixels of the unscaled image, so a pass never holds more than the whole-image
+    rule's."""
     runtime = runtime or Runtime(torch.device("cpu"), channels_last=False)
     rule = RULES[protocol.combine]
     images = images[(slice(None), *protocol.region(*images.shape[1:3]))]
@@ -314,7 +342,10 @@ def infer(model: nn.Module, images: np.ndarray, protocol: InferenceProtocol, num
         def scores(fn: Scores, view: torch.Tensor) -> torch.Tensor:
             if not sliding:
                 return fn(view)
-            return slide(fn, view, crop, stride, num_classes, protocol.edge, protocol.overlap == "mean")
+            # a pass holds at most the pixels of the whole image (what the whole-image rule holds), or one window
+            batched = runtime.device.type == "cuda" if runtime.batch_windows is None else runtime.batch_windows
+            budget = height * width if batched else None
+            return slide(fn, view, crop, stride, num_classes, protocol.edge, protocol.overlap == "mean", budget)
 
         def back(score: torch.Tensor) -> torch.Tensor:
             return _resize(score, (height, width), protocol.align_corners)

@@ -181,6 +181,9 @@ class Runtime:
     rank: int = 0  # this process among ``world_size`` training processes (torchrun)
     world_size: int = 1
     device_data: bool = True  # a GPU may hold the training set (``sources.ArraySource``)
+    # sliding windows of one shape share a forward pass (``inference.slide``); None: on a GPU only (on the CPU
+    # it was 0.98x one window at a time, benchmarks/RESULTS.md "DeepLabV3+")
+    batch_windows: bool | None = None
 
     @classmethod
     def from_config(cls, train: TrainConfig, device: torch.device | None = None, rank: int = 0,
