@@ -4,9 +4,8 @@ of 240 epochs on each published labeled subset (186 / 372 / 744 / 1488 images) a
 train images) at that speed; beside it the validation that picks the best epoch: one val image of --val-size
 predicted under UniMatch V1's windows (the rule of the cps-family numbers), seconds per image with the windows
 of one shape sharing a forward pass (the default on a GPU) and one window at a time (the official code, the
-default on the CPU), what 240
-validations of the 500 val images take, and how many times faster per pixel the network predicts than it
-trains (the figure `study --plan` assumes to be 3 where it is given --throughput).
+default on the CPU), what 240 validations of the 500 val images take, and how many times faster per pixel the
+network predicts than it trains (the figure `study --plan` assumes to be 3 where it is given --throughput).
 
     python benchmarks/deeplab_step.py [--device cuda] [--model deeplabv3plus_r50] [--crop 801] [--batch 8]
         [--steps 5] [--precision fp32,bf16] [--val-size 1024x2048] [--json FILE] [--no-record]
@@ -63,17 +62,20 @@ def step_speed(model_name: str, crop: int, batch: int, steps: int, device: torch
 
 
 def validation_speed(model_name: str, height: int, width: int, repeats: int, device: torch.device,
-                     precision: str, batch_windows: bool) -> tuple[float, int]:
-    """(seconds to predict one height x width image under UniMatch V1's windows, the pixels its windows cover),
-    the median of ``repeats`` after one untimed prediction, as a training's validation predicts each val image;
-    windows of one shape share a pass, or (``batch_windows`` False) one window at a time."""
+                     precision: str) -> tuple[float, float, int]:
+    """(seconds to predict one height x width image under UniMatch V1's windows with the windows of one shape
+    sharing a pass, the same one window at a time, the pixels its windows cover): each the median of ``repeats``
+    after one untimed prediction, as a training's validation predicts each val image; one model for both."""
     torch.manual_seed(0)
     model = build_model(model_name, 19).to(device).to(memory_format=torch.channels_last).eval()
     rule = protocol_for(model_spec(model_name), "slide-unimatch-v1")
-    runtime = Runtime(device, precision=precision, batch_windows=batch_windows)
     image = np.random.default_rng(0).integers(0, 256, (1, height, width, 3), dtype=np.uint8)
-    seconds, _ = timed_steps(lambda: predict_with(model, image, rule, 19, runtime), repeats, device, warmup=1)
-    return seconds, rule.pixels(height, width)
+    seconds = []
+    for batch_windows in (True, False):
+        runtime = Runtime(device, precision=precision, batch_windows=batch_windows)
+        taken, _ = timed_steps(lambda: predict_with(model, image, rule, 19, runtime), repeats, device, warmup=1)
+        seconds.append(taken)
+    return seconds[0], seconds[1], rule.pixels(height, width)
 
 
 def main() -> None:
@@ -97,8 +99,8 @@ def main() -> None:
         hours = {f: EPOCHS * (n // args.batch) * args.batch / speed / 3600 for f, n in LABELED.items()}
         hours["IM student"] = EPOCHS * (TRAIN // args.batch) * args.batch / speed / 3600
         projection = ", ".join(f"{f}: {h:.1f} h" for f, h in hours.items())
-        per_image, pixels = validation_speed(args.model, val_height, val_width, args.steps, device, precision, True)
-        one_at_a_time, _ = validation_speed(args.model, val_height, val_width, args.steps, device, precision, False)
+        per_image, one_at_a_time, pixels = validation_speed(args.model, val_height, val_width, args.steps, device,
+                                                            precision)
         validations = EPOCHS * VAL * per_image / 3600
         speedup = pixels / per_image / (speed * args.crop * args.crop)
         rows.append([args.model, precision, f"{speed:.2f}", "-" if peak != peak else f"{peak:.2f}", projection,

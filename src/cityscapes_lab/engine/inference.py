@@ -146,7 +146,7 @@ class InferenceProtocol:
             return self.score_crop[0] * self.score_crop[1]
         total = 0
         for scale in self.scales:
-            h, w = round(height * scale), round(width * scale)
+            h, w = RULES[self.combine].size(height, width, scale)  # as ``infer`` resizes
             if self.mode == "slide" or (self.slide_above is not None and scale > self.slide_above):
                 rows = window_positions(h, self.crop[0], self.stride[0], self.edge)
                 columns = window_positions(w, self.crop[1], self.stride[1], self.edge)
@@ -330,6 +330,10 @@ def infer(model: nn.Module, images: np.ndarray, protocol: InferenceProtocol, num
         with runtime.autocast():
             return model(x).float()
 
+    # windows of one shape share a pass holding at most the whole image's pixels (what the whole-image rule
+    # holds), or go one at a time
+    batched = runtime.device.type == "cuda" if runtime.batch_windows is None else runtime.batch_windows
+    budget = height * width if batched else None
     total = torch.zeros((n, num_classes, height, width), device=runtime.device)
     views = 0
     for scale in protocol.scales:
@@ -342,9 +346,6 @@ def infer(model: nn.Module, images: np.ndarray, protocol: InferenceProtocol, num
         def scores(fn: Scores, view: torch.Tensor) -> torch.Tensor:
             if not sliding:
                 return fn(view)
-            # a pass holds at most the pixels of the whole image (what the whole-image rule holds), or one window
-            batched = runtime.device.type == "cuda" if runtime.batch_windows is None else runtime.batch_windows
-            budget = height * width if batched else None
             return slide(fn, view, crop, stride, num_classes, protocol.edge, protocol.overlap == "mean", budget)
 
         def back(score: torch.Tensor) -> torch.Tensor:

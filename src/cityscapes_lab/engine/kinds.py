@@ -63,14 +63,20 @@ def study(model: nn.Module, train: SplitArrays, val: SplitArrays, config: TrainC
     return Training((phase,), Validation(measure, "val_score"), config.epochs, keras_epsilon=protocol == "paper")
 
 
+def validation_setting(config: TrainConfig, study_rule: str = "whole", study_window: int = 0) -> tuple[str, int]:
+    """(rule name, window) of the standard protocol's validation: train.val_rule and train.val_window, or with
+    auto the rule and window the study scores its models with, so that the best epoch is the best under the rule
+    reported."""
+    if config.val_rule == "auto":
+        return study_rule, study_window
+    return config.val_rule, config.val_window
+
+
 def validation_rule(config: TrainConfig, model_name: str, study_rule: str = "whole",
                     study_window: int = 0) -> InferenceProtocol | None:
-    """The evaluation rule of the standard protocol's validation: train.val_rule, or with auto the rule the study
-    scores its models with (``study_rule``), so that the best epoch is the best under the rule reported; None for
-    whole images."""
-    if config.val_rule == "auto":
-        return rule_protocol(model_name, study_rule, study_window)
-    return rule_protocol(model_name, config.val_rule, config.val_window)
+    """The evaluation rule of the standard protocol's validation (``validation_setting``) for a registry model;
+    None for whole images."""
+    return rule_protocol(model_name, *validation_setting(config, study_rule, study_window))
 
 
 def standard(model: nn.Module, train: SplitArrays, val: SplitArrays, config: Config, runtime: Runtime, *,

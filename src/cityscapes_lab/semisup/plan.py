@@ -242,20 +242,19 @@ class _Builder:
         or per input copy (IE: n + 1); EvalNet selection: one per candidate model, whose mask each of the top-n
         EvalNets then scores; IM++ / AIM++: the top EvalNet-IM score each IM pair. IM teachers also predict the
         splits their mask size is reported on."""
-        unlabeled = self.sizes.get("train_unlabeled", 0)
+        unlabeled, teachers = self.sizes.get("train_unlabeled", 0), _teacher_count(recipe, group.n)
         if recipe.rule == "input_ensemble":
             passes = group.n + 1
         elif recipe.rule == "evalnet_selection":
             candidates = self.config.study.models if group.generation == 0 else self.config.semisup.students
             passes = candidates * (1 + group.n)
         else:
-            passes = _teacher_count(recipe, group.n)
+            passes = teachers
         if recipe.augmented == "evalnet":
             passes += min(IM_SCORERS, self.config.semisup.evalnets)
         reported = 0
         if recipe.rule == "im":
-            reported = _teacher_count(recipe, group.n) * sum(
-                self.sizes.get(name, 0) for name in im_report_splits(self.data.protocol))
+            reported = teachers * sum(self.sizes.get(name, 0) for name in im_report_splits(self.data.protocol))
         return (passes * unlabeled + reported) * self.pixels
 
     def _alpha(self, recipe: Recipe, group: GroupKey) -> float:
@@ -365,5 +364,3 @@ def disk_needs(plan: Plan) -> DiskNeeds:
     sets = [node for node in plan.nodes if not node.training]
     return DiskNeeds(sum(node.disk for node in plan.trainings), sum(node.disk - node.transient for node in sets),
                      tuple(sorted((node.transient for node in sets if node.transient), reverse=True)))
-
-

@@ -20,6 +20,7 @@ from pathlib import Path
 from .. import atomic
 from ..config import Config, format_config
 from ..data.prepared import PreparedData, load_prepared
+from ..engine.kinds import validation_setting
 from ..engine.probe import FORWARD_SPEEDUP, probe_rates
 from ..engine.runtime import Runtime, cpu_threads, load_note, worker_gpus
 from ..errors import ConfigError, DataError
@@ -295,7 +296,7 @@ def describe_plan(data_dir: Path, out: Path, approaches: list[str], config: Conf
               f"{len(plan.trainings)} trainings; {total_images:,} images seen in training "
               "(estimated where a training set is made during the study)",
               f"{total_predicted / 1e6:,.0f} Mpx predicted: each training's validations (val after each validated "
-              f"epoch, {_rule_name(config.train.val_rule, config.study.eval_rule)}) and scoring "
+              f"epoch, {validation_setting(config.train, config.study.eval_rule)[0]}) and scoring "
               f"({', '.join(config.study.eval_splits)}, {config.study.eval_rule}), and the teachers' labels of "
               "each generation, the EvalNets' rows, validations and scoring of masks (an EvalNet's pass counted as a "
               "segmentation network's of as many pixels)",
@@ -391,7 +392,3 @@ def _critical_path(plan, seconds: Callable) -> float:
         start = max((finish[d] for d in node.after), default=0.0)
         finish[node.id] = start + seconds(node)
     return max(finish.values(), default=0.0)
-
-
-def _rule_name(val_rule: str, eval_rule: str) -> str:
-    return eval_rule if val_rule == "auto" else val_rule
