@@ -2,7 +2,7 @@
 pixels whose class differs), and the one summary table of all stages.
 
     python benchmarks/gpu_concurrent.py zoo [--models hrnet_w48_ocr,upernet_internimage_l] [--size 1024x2048]
-                                            [--repeats 3] [--device cuda] [--weights NAME=PATH] --json rows.json
+                                            [--repeats 3] [--device cuda|cpu] [--weights NAME=PATH] [--json rows.json]
     python benchmarks/gpu_concurrent.py summary WORK_DIR [--device-name NAME] [--no-record]
                                                 [--full-study-images N [--full-study-predicting F]]
 
@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from results import CACHE, markdown_table, record, timed_steps, with_projection  # noqa: E402
+from results import add_shared_options, markdown_table, record, timed_steps, with_projection  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------- zoo
@@ -104,7 +104,8 @@ def zoo(args: argparse.Namespace) -> None:
              f"with cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}, "
              f"matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32}; the share of differing pixels depends on the "
              "weights' decision margins: with random weights it says little about trained ones (pass --weights)."]
-    Path(args.json).write_text(json.dumps({"rows": rows, "notes": notes}, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "notes": notes}, indent=1))
 
 
 # ------------------------------------------------------------------------------------------------ summary
@@ -203,14 +204,12 @@ def main() -> None:
     z.add_argument("--models", default="hrnet_w48_ocr,upernet_internimage_l")
     z.add_argument("--size", default="1024x2048", help="HEIGHTxWIDTH")
     z.add_argument("--repeats", type=int, default=3)
-    z.add_argument("--device", default="cuda")
     z.add_argument("--weights", action="append", default=[], metavar="NAME=PATH")
-    z.add_argument("--cache", type=Path, default=CACHE)
-    z.add_argument("--json", required=True)
+    add_shared_options(z, record=False, device=True, json=True, cache=True)  # its rows go to --json only
     s = commands.add_parser("summary", help="the one table of gpu_check.sh")
     s.add_argument("work")
     s.add_argument("--device-name", default="unknown GPU")
-    s.add_argument("--no-record", action="store_true", help="print the table, do not append it to RESULTS.md")
+    add_shared_options(s)
     s.add_argument("--full-study-images", type=int, default=None,
                    help="images seen in training of the full study's plan: its hours at the concurrent rates")
     s.add_argument("--full-study-predicting", type=float, default=0.0,

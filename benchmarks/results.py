@@ -16,10 +16,19 @@ CACHE = Path(__file__).parents[1] / ".bench"  # generated stand-in data, kept be
 
 def benchmark_arguments(doc: str, *, device: bool = False, json: bool = False,
                         cache: bool = False) -> argparse.ArgumentParser:
-    """A benchmark's parser with the options they share: --no-record, and where asked --device (cuda when there
-    is one), --json FILE (its rows, for gpu_check.sh) and --cache (the stand-in data it generates)."""
+    """A benchmark's parser with the options they share (``add_shared_options``)."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--no-record", action="store_true", help="print the table, do not append it to RESULTS.md")
+    add_shared_options(parser, device=device, json=json, cache=cache)
+    return parser
+
+
+def add_shared_options(parser: argparse.ArgumentParser, *, record: bool = True, device: bool = False,
+                       json: bool = False, cache: bool = False) -> None:
+    """The options the benchmarks share, on ``parser`` (a script's own or one of its subcommands): --no-record,
+    and where asked --device (cuda when there is one), --json FILE (its rows, for gpu_check.sh) and --cache (the
+    stand-in data it generates)."""
+    if record:
+        parser.add_argument("--no-record", action="store_true", help="print the table, do not append it to RESULTS.md")
     if device:
         import torch
 
@@ -28,7 +37,6 @@ def benchmark_arguments(doc: str, *, device: bool = False, json: bool = False,
         parser.add_argument("--json", default=None, help="also write the rows here (for gpu_check.sh)")
     if cache:
         parser.add_argument("--cache", type=Path, default=CACHE, help="where generated stand-in data is kept")
-    return parser
 
 
 def timed_steps(step: Callable[[], object], steps: int, device, warmup: int = 2) -> tuple[float, float]:
