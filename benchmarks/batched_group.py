@@ -156,7 +156,7 @@ def main() -> None:
              f"the stacked network gives each model's own logits: largest difference {difference:.1e}",
              "images/s counts the images of all K models; trainings/h scale with it"]
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": records}))
+        args.json.write_text(json.dumps({"rows": records}))
     record(f"One group of U-Nets as one stacked model ({device.type})", table, notes, save=not args.no_record)
     if difference > 1e-3:
         sys.exit("the stacked network does not compute the separate models: the figures are not comparable")

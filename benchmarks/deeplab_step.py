@@ -127,7 +127,7 @@ def main() -> None:
              "pixels (median of as many repeats as steps after one); beside it one window at a time, as the "
              "official code"]
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": records}))
+        args.json.write_text(json.dumps({"rows": records}))
     record(f"DeepLabV3+ supervised step ({device.type})", table, notes, save=not args.no_record)
 
 

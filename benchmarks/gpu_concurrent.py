@@ -105,7 +105,7 @@ def zoo(args: argparse.Namespace) -> None:
              f"matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32}; the share of differing pixels depends on the "
              "weights' decision margins: with random weights it says little about trained ones (pass --weights)."]
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "notes": notes}, indent=1))
+        args.json.write_text(json.dumps({"rows": rows, "notes": notes}, indent=1))
 
 
 # ------------------------------------------------------------------------------------------------ summary

@@ -117,7 +117,7 @@ def main() -> None:
              "torch.profiler; busy = kernel time / wall time)"]
     table = markdown_table(header, rows)
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": records, "notes": notes}))
+        args.json.write_text(json.dumps({"rows": records, "notes": notes}))
     record(f"gpu_profile: where a training step's time goes ({args.device})", table, notes,
            save=not args.no_record)
 

@@ -34,7 +34,7 @@ def add_shared_options(parser: argparse.ArgumentParser, *, record: bool = True, 
 
         parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     if json:
-        parser.add_argument("--json", default=None, help="also write the rows here (for gpu_check.sh)")
+        parser.add_argument("--json", type=Path, default=None, help="also write the rows here (for gpu_check.sh)")
     if cache:
         parser.add_argument("--cache", type=Path, default=CACHE, help="where generated stand-in data is kept")
 

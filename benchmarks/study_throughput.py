@@ -174,7 +174,7 @@ def write_rows(path: Path, title: str, header: list[str], rows: list[list], note
 
 
 def main() -> None:
-    parser = benchmark_arguments(__doc__, cache=True)
+    parser = benchmark_arguments(__doc__, json=True, cache=True)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--executors", default=None,
                         help=f"cpu: comma-separated of {', '.join(CPU_EXECUTORS)} [default: all]; cuda: local only")
@@ -187,7 +187,6 @@ def main() -> None:
     parser.add_argument("--size", default=None, help="stand-in WIDTHxHEIGHT [default: cpu 512x256, cuda 2048x1024]")
     parser.add_argument("--epochs", type=int, default=None, help="epochs per training [default: cpu 6, cuda 10]")
     parser.add_argument("--batch", type=int, default=None, help="train.batch_size [default: cpu 8, cuda 32]")
-    parser.add_argument("--json", type=Path, default=None, help="also write the rows and notes as JSON here")
     parser.add_argument("--waves", action="store_true",
                         help="one wave of FDT trainings per --parallel value, the local executor (the default on cuda)")
     parser.add_argument("--full-study-images", type=int, default=None,

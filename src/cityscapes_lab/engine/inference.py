@@ -304,7 +304,8 @@ def slide(score_fn: Scores, x: torch.Tensor, crop: tuple[int, int], stride: tupl
     rows = window_positions(height, crop[0], stride[0], edge)
     columns = window_positions(width, crop[1], stride[1], edge)
     for windows in window_passes(rows, columns, pass_pixels):
-        scores = score_fn(torch.cat([x[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in windows]))
+        crops = [x[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in windows]
+        scores = score_fn(crops[0] if len(crops) == 1 else torch.cat(crops))  # one window: no copy
         for index, (y1, y2, x1, x2) in enumerate(windows):
             total[:, :, y1:y2, x1:x2] += scores[index * n:(index + 1) * n]
             count[:, :, y1:y2, x1:x2] += 1
