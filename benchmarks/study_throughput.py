@@ -51,6 +51,7 @@ from cityscapes_lab.config import load_config  # noqa: E402
 from cityscapes_lab.engine.runtime import busy_elsewhere  # noqa: E402
 from cityscapes_lab.parallel import default_workers  # noqa: E402
 from cityscapes_lab.semisup.study import run_study  # noqa: E402
+from cityscapes_lab.study.executors import start_local_ray  # noqa: E402
 
 CPU_EXECUTORS = ("serial", "local", "ray", "serial-all")
 
@@ -260,12 +261,9 @@ def main() -> None:
                                  + (["train.device_data=false"] if variant == "host" else []))
             out = work / name.replace(":", "-")
             if executor == "ray":
-                import ray
-
                 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
                 began = time.perf_counter()
-                ray.init(num_cpus=cores, num_gpus=0, include_dashboard=False, log_to_driver=False,
-                         _node_ip_address="127.0.0.1")
+                start_local_ray(num_cpus=cores, num_gpus=0)
                 ray_started = time.perf_counter() - began
             if executor == "serial-all":
                 executor = "serial"

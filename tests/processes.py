@@ -1,11 +1,13 @@
 """Running the command line in a separate process, optionally killed with SIGKILL after its n-th epoch checkpoint
-(to test that a study resumes after ``kill -9``)."""
+(to test that a study resumes after ``kill -9``); the TCP sockets a process tree listens on (from /proc)."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 _KILL_AFTER_EPOCH_SAVES = """
 import os, signal, sys
@@ -33,3 +35,50 @@ def run_cli(args: list[str], kill_after_epoch_saves: int | None = None) -> subpr
     else:
         command = [sys.executable, "-c", _KILL_AFTER_EPOCH_SAVES.format(kill_after=kill_after_epoch_saves), *args]
     return subprocess.run(command, env=env, capture_output=True, text=True)
+
+
+def _descendants(root: int) -> set[int]:
+    """``root`` and every process under it (from /proc)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended while we looked
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, grew = {root}, True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if parent in found and pid not in found:
+                found.add(pid)
+                grew = True
+    return found
+
+
+def _address(hex_address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address as /proc/net/tcp{,6} writes it: 32-bit words in host (little-endian) order."""
+    raw = b"".join(bytes.fromhex(hex_address[i:i + 8])[::-1] for i in range(0, len(hex_address), 8))
+    address = ipaddress.ip_address(raw)
+    return getattr(address, "ipv4_mapped", None) or address
+
+
+def listening_sockets(root: int) -> list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int, int]]:
+    """(address, port, pid) of every TCP socket listening in process ``root`` or a process under it."""
+    owners: dict[str, int] = {}
+    for pid in _descendants(root):
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    owners[target[8:-1]] = pid
+        except OSError:
+            continue
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in owners:  # 0A: LISTEN
+                host, port = fields[1].split(":")
+                found.append((_address(host), int(port, 16), owners[fields[9]]))
+    return found

@@ -14,6 +14,7 @@ import pytest
 from cityscapes_lab.config import load_config
 from cityscapes_lab.errors import ConfigError, DataError
 from cityscapes_lab.semisup.study import run_study
+from cityscapes_lab.study.executors import start_local_ray
 from cityscapes_lab.study.store import ResultStore
 
 # LDT and two IM generations: baselines, pseudo-labelling, generations, rankings (threads fixed: on the CPU the
@@ -39,9 +40,45 @@ def serial_scores(tiny_paper, tmp_path_factory):
 def ray_instance():
     ray = pytest.importorskip("ray")
     # one GPU declared (none is here): tasks that ask for a share of one are scheduled, and told their share
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    start_local_ray(num_cpus=2, num_gpus=1)
     yield ray
     ray.shutdown()
+
+
+def test_a_local_ray_instance_listens_on_loopback_only(ray_instance):
+    from processes import listening_sockets
+
+    # a worker process started, and listening too (a lambda: Ray's workers cannot import this test module)
+    ray_instance.get(ray_instance.remote(lambda: os.getpid()).remote())
+    sockets = listening_sockets(os.getpid())
+    assert len({pid for *_, pid in sockets}) >= 4, sockets  # this driver, the GCS, the raylet, the worker
+    assert all(address.is_loopback for address, _, _ in sockets), sockets
+
+
+_OWN_RAY_INSTANCE = """
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+from processes import listening_sockets
+from cityscapes_lab.study.executors import make_executor
+executor = make_executor("ray")  # no address: it starts a local instance of its own
+try:
+    print(json.dumps([[str(address), port, pid] for address, port, pid in listening_sockets(os.getpid())]))
+finally:
+    executor.close()
+"""
+
+
+def test_the_ray_executor_given_no_address_starts_an_instance_on_loopback_only(tmp_path):
+    import ipaddress
+
+    pytest.importorskip("ray")
+    # in a process of its own: this one may already be connected to the module's instance
+    result = subprocess.run([sys.executable, "-c", _OWN_RAY_INSTANCE, os.path.dirname(os.path.dirname(__file__))],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    sockets = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len({pid for *_, pid in sockets}) >= 3, sockets  # the driver, the GCS, the raylet
+    assert all(ipaddress.ip_address(address).is_loopback for address, *_ in sockets), sockets
 
 
 def gpu_shares(out) -> set[float]:

@@ -20,6 +20,7 @@ from cityscapes_lab.models.checkpoints import load_checkpoint
 from cityscapes_lab.report import write_report
 from cityscapes_lab.semisup.pseudo import load_model
 from cityscapes_lab.semisup.study import describe_plan, run_study
+from cityscapes_lab.study.executors import start_local_ray
 from cityscapes_lab.study.keys import GroupKey, StudyLayout
 from cityscapes_lab.study.store import ResultStore
 
@@ -214,7 +215,7 @@ def test_local_processes_give_the_serial_scores(tiny_standard, tmp_path, standar
 
 def test_ray_gives_the_serial_scores(tiny_standard, tmp_path, standard_study):
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    start_local_ray(num_cpus=2)
     try:
         summary = run_study(tiny_standard, tmp_path / "study", ["im"], config(), show_progress=False,
                             executor="ray", cpus_per_task=1)

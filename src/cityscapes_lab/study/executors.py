@@ -118,8 +118,7 @@ class RayExecutor:
             if address:
                 ray.init(address=address, log_to_driver=False)
             else:
-                ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                         _node_ip_address="127.0.0.1")
+                start_local_ray(num_cpus=os.cpu_count())
                 self._started = True
         total = ray.cluster_resources()
         by_cpu = int(total.get("CPU", 1) // cpus_per_task) if cpus_per_task else 10_000
@@ -155,6 +154,27 @@ class RayExecutor:
     def close(self) -> None:
         if self._started:
             self.ray.shutdown()
+
+
+def start_local_ray(num_cpus: int | None = None, num_gpus: float | None = None) -> None:
+    """Start a Ray instance on this machine alone, every one of its servers listening on 127.0.0.1 only.
+
+    ``ray.init(_node_ip_address="127.0.0.1")`` is not enough on Linux (Ray 2.60): Ray replaces a loopback node
+    address by the machine's own, and its gRPC servers (GCS, raylet, workers) then listen on every interface.
+    Ray's one-machine mode, its default on macOS and Windows, keeps the node address, and so every server, on
+    loopback; it is chosen by a constant read when the node starts, set here for that moment only.
+    ``tests/study/test_executors.py`` checks the listening sockets, so a Ray upgrade that changes this fails
+    there."""
+    import ray
+    from ray._private import ray_constants
+
+    cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
+                 _node_ip_address="127.0.0.1")
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
 
 
 def _perform_on_gpu_share(task: Any, share: float) -> Any:
