@@ -14,6 +14,7 @@ import click
 from . import __version__
 from .data.split_families import DEFAULT_FAMILY, FAMILIES  # the table only (no NumPy): for --split-family's help
 from .errors import ConfigError, LabError
+from .interrupts import ctrl_c_recorded, forget_interpreter_mark
 
 
 def _size(text: str | None) -> tuple[int, int] | None:
@@ -485,7 +486,8 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning user errors into one line and exit code 2, Ctrl-C into exit code 130."""
     no_args_is_help = getattr(click.exceptions, "NoArgsIsHelpError", ())
     try:
-        code = cli.main(args=argv, prog_name="cityscapes-lab", standalone_mode=False)
+        with ctrl_c_recorded():
+            code = cli.main(args=argv, prog_name="cityscapes-lab", standalone_mode=False)
     except no_args_is_help as exc:  # a group without a command: its help, as `--help` prints it
         click.echo(exc.ctx.get_help())
         sys.exit(0)
@@ -496,6 +498,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except (click.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
         click.echo("interrupted; run the same command again to continue where it stopped", err=True)
+        forget_interpreter_mark()
         sys.exit(130)
     except LabError as exc:
         click.echo(f"error: {exc}", err=True)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from .errors import LabError
+from .interrupts import raise_if_interrupted
 from .worker import receive, send, serve
 
 T = TypeVar("T")
@@ -232,6 +233,7 @@ def run_tasks(
             for task, result in results:
                 bar.update(units(task))
                 yield task, result
+                raise_if_interrupted()  # after the caller has the result, so that none is lost
         finished = True
     finally:
         if pool:

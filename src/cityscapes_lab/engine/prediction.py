@@ -19,6 +19,7 @@ from tqdm import tqdm
 from .. import atomic
 from ..data import png
 from ..errors import ConfigError, DataError
+from ..interrupts import raise_if_interrupted
 from ..labels import LABELID_PALETTE, PAPER_NUM_CLASSES, PAPER_TO_LABELID, TRAINID_TO_LABELID
 from ..models.registry import ModelSpec, model_spec
 from ..outputs import check_output_folder, holds_only
@@ -252,6 +253,7 @@ def predict_files(predictor: Predictor, inputs: list[Path], out: Path, colour: b
     count = 0
     for path in tqdm(files, desc="predict", unit="file", disable=None):
         for name, image in _frames(path):
+            raise_if_interrupted()
             label_ids = predictor(image)
             atomic.write_bytes(folders["labelIds"] / f"{name}.png", png.encode(label_ids))
             if colour:

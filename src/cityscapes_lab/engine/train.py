@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from ..config import TrainConfig
 from ..errors import ConfigError
+from ..interrupts import raise_if_interrupted
 from ..memory import keep_freed_memory
 from ..models.checkpoints import load_checkpoint, save_checkpoint
 from .optim import DecoupledAdamW
@@ -235,6 +236,7 @@ def train(model: nn.Module, training: Training, config: TrainConfig, runtime: Ru
                 total = torch.zeros((), device=runtime.device)
                 first = state["epoch"] * count
                 for step in range(first, first + count):
+                    raise_if_interrupted()
                     lr = learning_rate(config, step_number, total_steps)
                     for group in optimizer.param_groups:
                         group["lr"] = lr * group.get("lr_scale", 1.0)  # (older checkpoints: one group)

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from ..data.layout import annotation_path
 from ..data.raw import open_raw, scan
 from ..errors import DataError
+from ..interrupts import raise_if_interrupted
 from ..metrics.official import ConfusionMatrix, InstanceStats, OfficialScores, official_scores
 from .prediction import Predictor
 
@@ -44,6 +45,7 @@ def evaluate_on_raw(predictor: Predictor, raw: Path, split: str = "val", limit: 
     bar = tqdm(frames, desc=f"zoo eval ({split})", unit="img", disable=None if show_progress else True,
                dynamic_ncols=True)  # tqdm's remaining-time estimate matters: a CPU takes minutes per image
     for frame in bar:
+        raise_if_interrupted()
         image = index.decode(frame.image)[..., :3]
         start = time.perf_counter()
         predicted = predictor(image)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import LabError
+from ..interrupts import raise_if_interrupted
 from .keys import GroupKey, TrainingKey
 
 
@@ -110,6 +111,7 @@ def run_plan(plan: Plan, ctx: Any, executor: Any, fail_training: Callable[[Any, 
                         running[executor.submit(task)] = node
                 break  # the plan order decides again which node comes next
         if running:
+            raise_if_interrupted()  # before the wait, so that no finished result goes unrecorded
             handle, result, error = executor.wait()
             node = running.pop(handle)
             if error is not None:
