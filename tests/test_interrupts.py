@@ -1,4 +1,5 @@
-"""A Ctrl-C that CPython drops (raised inside a weakref callback) still stops the CLI's loops at their next step."""
+"""A Ctrl-C that CPython drops (raised inside a weakref callback) still stops the CLI's loops at their next step;
+``python -m cityscapes_lab`` exits 130 after any Ctrl-C it catches."""
 
 import signal
 import subprocess

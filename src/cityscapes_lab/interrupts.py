@@ -2,9 +2,9 @@
 
 CPython runs a signal's handler wherever the main thread happens to be, and the KeyboardInterrupt raised there can
 be dropped: inside a weakref callback or a ``__del__`` it is only printed, and C code that clears errors swallows
-it silently (seen: a Ctrl-C during NumPy's first ``numpy.random`` import let ``synth`` run on to the end). So while
-the CLI runs, its handler also records the Ctrl-C, and every long loop calls ``raise_if_interrupted`` once per
-step: a dropped interrupt is raised there. The Python API keeps Python's own handler.
+it silently (seen: a Ctrl-C during ``synth``'s first frame, which imports ``numpy.random``, let it run to the end).
+So while the CLI runs, its handler also records the Ctrl-C, and every long loop calls ``raise_if_interrupted`` once
+per step: a dropped interrupt is raised there. The Python API keeps Python's own handler.
 """
 
 from __future__ import annotations
