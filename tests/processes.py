@@ -1,5 +1,6 @@
 """Running the command line in a separate process, optionally killed with SIGKILL after its n-th epoch checkpoint
-(to test that a study resumes after ``kill -9``); the TCP sockets a process tree listens on (from /proc)."""
+(to test that a study resumes after ``kill -9``); the TCP sockets a process tree listens on (from /proc); a task
+that runs until it is stopped (in worker processes, which import this module)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import ipaddress
 import os
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 _KILL_AFTER_EPOCH_SAVES = """
@@ -82,3 +85,33 @@ def listening_sockets(root: int) -> list[tuple[ipaddress.IPv4Address | ipaddress
                 host, port = fields[1].split(":")
                 found.append((_address(host), int(port, 16), owners[fields[9]]))
     return found
+
+
+def run_until_stopped(marker: str) -> None:
+    """Work (in Python, as a training does between its steps) until stopped, at most 2 minutes: ``MARKER.started``
+    says it began, ``MARKER`` that it unwound."""
+    try:  # begun inside the try: a stop that comes at once still finds it there
+        Path(marker + ".started").write_text("")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        Path(marker).write_text("unwound")
+
+
+@dataclass
+class RunUntilStopped:
+    """``run_until_stopped`` as a study task (the executors run ``task.run()``)."""
+
+    marker: str
+
+    def run(self) -> None:
+        run_until_stopped(self.marker)
+
+
+def wait_for_start(markers: list[str], seconds: float = 240) -> None:
+    """Wait until every task has begun (generously: a Ray task took 50 s to begin on a busy 2-core machine)."""
+    deadline = time.monotonic() + seconds
+    while not all(Path(m + ".started").exists() for m in markers):
+        assert time.monotonic() < deadline, "the tasks did not start"
+        time.sleep(0.01)

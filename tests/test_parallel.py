@@ -115,3 +115,33 @@ def test_workers_exit_when_the_main_process_is_killed(command, raw_small, tmp_pa
         main.kill()
         for pid in _children(main.pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_ctrl_c_stops_the_workers_at_once_and_their_tasks_unwind(tmp_path, monkeypatch):
+    """Ctrl-C while both workers are in the middle of a task: run_tasks stops them at once, not after their tasks,
+    and each task unwinds first (so that it removes its temporary files)."""
+    import threading
+
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parent))  # the workers import processes
+    from processes import run_until_stopped
+
+    markers = [str(tmp_path / f"task{k}") for k in range(4)]  # two per worker: one runs, the next waits
+    begun = lambda: [m for m in markers if Path(m + ".started").exists()]
+
+    def ctrl_c_once_both_run() -> None:
+        deadline = time.monotonic() + 60
+        while len(begun()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (a test runner may differ)
+    try:
+        threading.Thread(target=ctrl_c_once_both_run, daemon=True).start()
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            list(run_tasks(run_until_stopped, markers, workers=2, desc="t"))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert time.monotonic() - started < 60  # the tasks run for 2 minutes
+    assert len(begun()) == 2, "the two workers did not each begin a task"
+    assert [Path(m).read_text() for m in begun()] == ["unwound"] * 2

@@ -6,8 +6,8 @@ Workers receive pickled tasks on one pipe and send results back on another (``ci
 guard crashes), ``fork`` is unsafe once other threads run (torch's OpenMP pool), and with none of them do the
 workers notice that their parent was killed. Ours fork while that is safe (fast: nothing to import; OpenCV's
 thread pool is stopped for the moment of the fork), and start fresh interpreters otherwise, which import just the
-module of the task's function. Either way they ignore Ctrl-C (the parent stops them) and exit when the parent dies,
-even in the middle of a task.
+module of the task's function. Either way they ignore Ctrl-C (the parent stops them: ``stop_workers``) and exit
+when the parent dies, even in the middle of a task.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +141,20 @@ def _start_worker(siblings: list[_Worker], fork: bool, env: dict[str, str] | Non
     return _Worker(process, task_write, result_read)
 
 
+def stop_workers(workers: list[_Worker], grace: float = 5.0) -> None:
+    """Stop workers in the middle of their tasks (after a Ctrl-C or an error): SIGTERM, so that each task unwinds and
+    removes its temporary files (``worker.Stopped``), then SIGKILL for any still running after ``grace`` seconds
+    (a task stuck in native code). A stopped training resumes from its last epoch checkpoint when run again."""
+    for worker in workers:
+        if worker.process.poll() is None:  # not reaped yet, so its pid is still its own
+            os.kill(worker.process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while any(w.process.poll() is None for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for worker in workers:
+        worker.process.kill()  # only those still running
+
+
 def _death_message(worker: _Worker) -> str:
     code = worker.process.wait()
     how = f"was killed by signal {-code} ({signal.Signals(-code).name})" if code < 0 else f"exited with code {code}"
@@ -196,8 +211,8 @@ class _Pool:
         workers, self.workers = self.workers, []
         for worker in workers:
             os.close(worker.tasks)
-            if kill:
-                worker.process.kill()
+        if kill:
+            stop_workers(workers)
         for worker in workers:
             worker.process.wait()
             os.close(worker.results)

@@ -2,7 +2,8 @@
 
 A worker reads ``(function, task)`` pairs from its task pipe, runs them, and writes ``(status, result or
 exception, traceback text)`` to its result pipe, until the parent closes the task pipe. It ignores Ctrl-C (the
-parent decides what stops) and exits as soon as its parent dies. Started fresh, as
+parent decides what stops), stops when the parent sends SIGTERM (the task unwinds first, so that its temporary
+files are removed) and exits as soon as its parent dies. Started fresh, as
 ``python -m cityscapes_lab.worker TASK_FD RESULT_FD PARENT_PID``, it never imports the parent's ``__main__``.
 """
 
@@ -62,6 +63,14 @@ def pack_error(exc: BaseException) -> tuple[BaseException, str]:
     return exc, text
 
 
+class Stopped(BaseException):
+    """The parent stops this worker (SIGTERM): raised in the running task, which unwinds, and the worker exits."""
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise Stopped
+
+
 def _die_with(parent: int) -> None:
     """Exit as soon as the parent is gone: at once on Linux (the kernel's parent-death signal), else within a
     second (a watchdog thread). An idle worker also sees its task pipe close."""
@@ -86,6 +95,7 @@ def serve(task_fd: int, result_fd: int, parent: int) -> None:
     import queue
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the parent decides
+    signal.signal(signal.SIGTERM, _stop)
     _die_with(parent)
     keep_freed_memory()  # workers allocate and free the same large image buffers over and over
     tasks: queue.SimpleQueue = queue.SimpleQueue()
@@ -101,17 +111,22 @@ def serve(task_fd: int, result_fd: int, parent: int) -> None:
                 tasks.put(("error", exc))
 
     threading.Thread(target=read, daemon=True, name="task-reader").start()
-    while True:
-        kind, item = tasks.get()
-        if kind == "end":
-            return
-        try:
-            if kind == "error":
-                raise item
-            fn, task = item
-            send(result_fd, ("ok", fn(task), ""))
-        except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent
-            send(result_fd, ("error", *pack_error(exc)))
+    try:
+        while True:
+            kind, item = tasks.get()
+            if kind == "end":
+                return
+            try:
+                if kind == "error":
+                    raise item
+                fn, task = item
+                send(result_fd, ("ok", fn(task), ""))
+            except Stopped:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent
+                send(result_fd, ("error", *pack_error(exc)))
+    except Stopped:
+        os._exit(128 + signal.SIGTERM)  # the task has unwound; the parent reads nothing more
 
 if __name__ == "__main__":
     serve(*(int(value) for value in sys.argv[1:4]))

@@ -1,5 +1,6 @@
 """The study on its executors: the same scores serially, on 2 local processes and on Ray; kills of the driver and
-of a Ray worker; a step that fails for good; two drivers on one folder; the plan."""
+of a Ray worker; Ctrl-C, and executors closed while their tasks run; a step that fails for good; two drivers on
+one folder; the plan."""
 
 import json
 import os
@@ -8,13 +9,14 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from cityscapes_lab.config import load_config
 from cityscapes_lab.errors import ConfigError, DataError
 from cityscapes_lab.semisup.study import run_study
-from cityscapes_lab.study.executors import start_local_ray
+from cityscapes_lab.study.executors import make_executor, start_local_ray
 from cityscapes_lab.study.store import ResultStore
 
 # LDT and two IM generations: baselines, pseudo-labelling, generations, rankings (threads fixed: on the CPU the
@@ -184,6 +186,85 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
 
+
+def test_ctrl_c_stops_a_local_study_at_once_not_after_its_running_trainings(tiny_paper, tmp_path):
+    """Ctrl-C (to the whole process group, as a terminal sends it) while two local workers train: the study exits
+    130 within seconds, although its trainings had minutes to go, and no worker runs on."""
+    out = tmp_path / "study"
+    command = [sys.executable, "-m", "cityscapes_lab", "study", "--data", str(tiny_paper), "--out", str(out),
+               "--approaches", "ldt", "--executor", "local", "--parallel", "2"]
+    command += [x for s in TINY + ["train.epochs=2000"] for x in ("--set", s)]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    members = lambda: [m for m in out.glob("models/ldt/run1/gen0/m*") if (m / "last.pt").exists()]
+    try:
+        deadline = time.time() + 120
+        while len(members()) < 2 and time.time() < deadline and driver.poll() is None:
+            time.sleep(0.01)
+        assert len(members()) == 2, "the two trainings did not reach their first epoch checkpoint"
+        workers = [json.loads((m / "worker.json").read_text())["pid"] for m in members()]
+        os.killpg(driver.pid, signal.SIGINT)
+        started = time.monotonic()
+        _, err = driver.communicate(timeout=60)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 130, err[-2000:]
+    assert time.monotonic() - started < 30  # 2,000 epochs each: they had minutes to go
+    assert not [pid for pid in workers if _alive(pid)]
+    assert not list(out.rglob("*.tmp*"))  # the trainings unwound: no temporary file is left
+
+
+def test_closing_the_local_executor_stops_its_running_tasks(tmp_path, monkeypatch):
+    """Closed while its tasks run (a study stopped by Ctrl-C or an error), the local executor does not wait for
+    them to end: it stops them, and each unwinds first (so that it removes its temporary files)."""
+    from processes import RunUntilStopped, wait_for_start
+
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # the workers import processes
+    executor = make_executor("local", parallel=2)
+    markers = [str(tmp_path / f"task{k}") for k in range(2)]
+    for marker in markers:
+        executor.submit(RunUntilStopped(marker))
+    wait_for_start(markers)
+    started = time.monotonic()
+    executor.close()
+    assert time.monotonic() - started < 30  # the tasks run for 2 minutes
+    assert [Path(m).read_text() for m in markers] == ["unwound"] * 2
+
+
+def test_closing_the_ray_executor_cancels_its_running_tasks(tmp_path, ray_instance):
+    """On a Ray instance that outlives the study (the caller's own, or a cluster), tasks left running by a stopped
+    study are cancelled, not left to train on beside the study run again; each unwinds first."""
+    from processes import wait_for_start
+
+    class RunUntilStopped:  # defined here: Ray's workers cannot import the tests' modules, and get it by value
+        def __init__(self, marker: str):
+            self.marker = marker
+
+        def run(self) -> None:
+            import time
+            from pathlib import Path
+
+            try:
+                Path(self.marker + ".started").write_text("")
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline:
+                    time.sleep(0.01)
+            finally:
+                Path(self.marker).write_text("unwound")
+
+    executor = make_executor("ray")  # Ray runs already (the module's instance): this executor only connects
+    marker = str(tmp_path / "task")
+    executor.submit(RunUntilStopped(marker))
+    wait_for_start([marker])
+    started = time.monotonic()
+    executor.close()
+    assert time.monotonic() - started < 30
+    deadline = time.monotonic() + 10
+    while not Path(marker).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert Path(marker).read_text() == "unwound"
+    assert ray_instance.is_initialized()  # the instance was not this executor's to stop
 
 def test_a_step_that_fails_for_good_fails_its_trainings_and_the_study_goes_on(tiny_paper, tmp_path, monkeypatch):
     """The pseudo-labelling of IM's first generation meets a corrupt input: that generation's students (and the

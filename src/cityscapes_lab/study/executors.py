@@ -94,9 +94,14 @@ class LocalExecutor:
         return (handle, payload, None) if status == "ok" else (handle, None, payload)
 
     def close(self) -> None:
+        """Idle workers exit when their task pipe closes; busy ones (a study stopped by Ctrl-C or an error) are
+        stopped, rather than waited for to the end of their trainings."""
+        from ..parallel import stop_workers
+
         self._selector.close()
         for worker in self._workers:
             os.close(worker.tasks)
+        stop_workers([worker for worker in self._workers if worker.in_flight])
         for worker in self._workers:
             worker.process.wait()
             os.close(worker.results)
@@ -152,6 +157,16 @@ class RayExecutor:
             return ref, None, exc
 
     def close(self) -> None:
+        """Tasks still running (a study stopped by Ctrl-C or an error) are cancelled, not left to run on in a Ray
+        instance that outlives this call: KeyboardInterrupt in each, so that it unwinds, then a forced cancel of
+        any still running after 5 s."""
+        if self._refs:
+            refs, self._refs = list(self._refs), set()
+            for ref in refs:
+                self.ray.cancel(ref)
+            _, running = self.ray.wait(refs, num_returns=len(refs), timeout=5.0)
+            for ref in running:
+                self.ray.cancel(ref, force=True)
         if self._started:
             self.ray.shutdown()
 
