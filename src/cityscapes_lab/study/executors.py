@@ -9,6 +9,8 @@ from __future__ import annotations
 import collections
 import os
 import selectors
+import signal
+import threading
 from typing import Any
 
 from ..errors import ConfigError
@@ -197,8 +199,17 @@ def _perform_on_gpu_share(task: Any, share: float) -> Any:
     as Ray reuses its worker processes)."""
     from ..engine.runtime import GPU_SHARE_ENV
 
+    _cancellable()
     os.environ[GPU_SHARE_ENV] = str(share)
     return perform(task)
+
+
+def _cancellable() -> None:
+    """Let Ray's cancel reach this task. It raises KeyboardInterrupt in the task, which Python does only where
+    SIGINT has a handler; workers of a Ray started from a background job (``nohup``, a batch system, CI) inherit
+    SIGINT ignored, and their tasks could then only be killed, leaving their temporary files behind."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def make_executor(name: str, parallel: int = 1, ray_address: str | None = None, cpus_per_task: float = 1.0,
