@@ -1,11 +1,13 @@
 """Running the command line in a separate process, optionally killed with SIGKILL after its n-th epoch checkpoint
-(to test that a study resumes after ``kill -9``); the TCP sockets a process tree listens on (from /proc); a task
-that runs until it is stopped (in worker processes, which import this module)."""
+(to test that a study resumes after ``kill -9``); Ctrl-C as a terminal delivers it; the TCP sockets a process
+tree listens on (from /proc); a task that runs until it is stopped (in worker processes, which import this
+module)."""
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -38,6 +40,13 @@ def run_cli(args: list[str], kill_after_epoch_saves: int | None = None) -> subpr
     else:
         command = [sys.executable, "-c", _KILL_AFTER_EPOCH_SAVES.format(kill_after=kill_after_epoch_saves), *args]
     return subprocess.run(command, env=env, capture_output=True, text=True)
+
+
+def as_from_a_terminal() -> None:
+    """A ``preexec_fn``: Ctrl-C reaches the command as a terminal delivers it. A test runner started in the
+    background (``cmd &`` without job control, as CI may) passes SIGINT on ignored, and Python then installs no
+    KeyboardInterrupt handler at all."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _descendants(root: int) -> set[int]:

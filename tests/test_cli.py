@@ -5,6 +5,7 @@ import sys
 
 import click
 import pytest
+from processes import as_from_a_terminal
 
 from cityscapes_lab.cli import cli, main
 
@@ -62,14 +63,6 @@ def test_a_group_without_a_command_prints_its_help(path, capsys):
     assert captured.out.startswith("Usage: ") and "Commands:" in captured.out and captured.out.count("\n") > 5
 
 
-def _as_from_a_terminal() -> None:
-    """Ctrl-C as a terminal delivers it: a test runner started in the background (``cmd &`` without job control,
-    as CI may) passes SIGINT on ignored, and Python then installs no KeyboardInterrupt handler at all."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def test_ctrl_c_says_how_to_continue_and_exits_130(tmp_path):
     import signal
     import time
@@ -77,7 +70,7 @@ def test_ctrl_c_says_how_to_continue_and_exits_130(tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "cityscapes_lab", "synth", str(tmp_path / "raw"), "--train",
                                 "200", "--val", "0", "--test", "0", "--size", "1024x512", "--workers", "1"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=_as_from_a_terminal)
+                               preexec_fn=as_from_a_terminal)
     deadline = time.monotonic() + 60
     while not (tmp_path / "raw.partial").exists() and time.monotonic() < deadline:
         time.sleep(0.05)

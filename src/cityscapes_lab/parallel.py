@@ -155,6 +155,17 @@ def stop_workers(workers: list[_Worker], grace: float = 5.0) -> None:
         worker.process.kill()  # only those still running
 
 
+def close_workers(workers: list[_Worker], stop: list[_Worker]) -> None:
+    """Close every worker's task pipe (an idle worker exits on its own), stop those in ``stop`` in the middle of
+    their tasks (``stop_workers``), and wait for all of them."""
+    for worker in workers:
+        os.close(worker.tasks)
+    stop_workers(stop)
+    for worker in workers:
+        worker.process.wait()
+        os.close(worker.results)
+
+
 def _death_message(worker: _Worker) -> str:
     code = worker.process.wait()
     how = f"was killed by signal {-code} ({signal.Signals(-code).name})" if code < 0 else f"exited with code {code}"
@@ -209,13 +220,7 @@ class _Pool:
     def stop(self, kill: bool) -> None:
         """Close the task pipes (idle workers exit on their own); ``kill`` also stops busy ones at once."""
         workers, self.workers = self.workers, []
-        for worker in workers:
-            os.close(worker.tasks)
-        if kill:
-            stop_workers(workers)
-        for worker in workers:
-            worker.process.wait()
-            os.close(worker.results)
+        close_workers(workers, stop=workers if kill else [])
 
 
 def run_tasks(

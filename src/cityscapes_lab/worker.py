@@ -128,5 +128,6 @@ def serve(task_fd: int, result_fd: int, parent: int) -> None:
     except Stopped:
         os._exit(128 + signal.SIGTERM)  # the task has unwound; the parent reads nothing more
 
+
 if __name__ == "__main__":
     serve(*(int(value) for value in sys.argv[1:4]))

@@ -149,14 +149,19 @@ def test_ray_gives_the_serial_scores_and_retries_a_killed_worker(tiny_paper, tmp
     assert gpu_shares(third) == {0.5}
 
 
+def local_ldt_study(data, out, settings: list[str]) -> list[str]:
+    """The command line of an LDT study on 2 local workers."""
+    command = [sys.executable, "-m", "cityscapes_lab", "study", "--data", str(data), "--out", str(out),
+               "--approaches", "ldt", "--executor", "local", "--parallel", "2"]
+    return command + [x for s in settings for x in ("--set", s)]
+
+
 def test_driver_killed_while_two_tasks_run_then_continued(tiny_paper, tmp_path):
     """kill -9 of the driver while its two local workers train: the workers die with it; the same command
     continues (finished trainings are kept, interrupted ones resume) and ends with a clean study's scores."""
     settings = TINY + ["train.epochs=8"]
     out = tmp_path / "study"
-    command = [sys.executable, "-m", "cityscapes_lab", "study", "--data", str(tiny_paper), "--out", str(out),
-               "--approaches", "ldt", "--executor", "local", "--parallel", "2"]
-    command += [x for s in settings for x in ("--set", s)]
+    command = local_ldt_study(tiny_paper, out, settings)
     driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and driver.poll() is None:  # both trainings run, one has an epoch checkpoint
@@ -190,12 +195,12 @@ def _alive(pid: int) -> bool:
 def test_ctrl_c_stops_a_local_study_at_once_not_after_its_running_trainings(tiny_paper, tmp_path):
     """Ctrl-C (to the whole process group, as a terminal sends it) while two local workers train: the study exits
     130 within seconds, although its trainings had minutes to go, and no worker runs on."""
+    from processes import as_from_a_terminal
+
     out = tmp_path / "study"
-    command = [sys.executable, "-m", "cityscapes_lab", "study", "--data", str(tiny_paper), "--out", str(out),
-               "--approaches", "ldt", "--executor", "local", "--parallel", "2"]
-    command += [x for s in TINY + ["train.epochs=2000"] for x in ("--set", s)]
-    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    driver = subprocess.Popen(local_ldt_study(tiny_paper, out, TINY + ["train.epochs=2000"]),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                              preexec_fn=as_from_a_terminal)
     members = lambda: [m for m in out.glob("models/ldt/run1/gen0/m*") if (m / "last.pt").exists()]
     try:
         deadline = time.time() + 120
@@ -235,30 +240,19 @@ def test_closing_the_local_executor_stops_its_running_tasks(tmp_path, monkeypatc
 def test_closing_the_ray_executor_cancels_its_running_tasks(tmp_path, ray_instance):
     """On a Ray instance that outlives the study (the caller's own, or a cluster), tasks left running by a stopped
     study are cancelled, not left to train on beside the study run again; each unwinds first."""
-    from processes import wait_for_start
+    import processes
+    from ray import cloudpickle
 
-    class RunUntilStopped:  # defined here: Ray's workers cannot import the tests' modules, and get it by value
-        def __init__(self, marker: str):
-            self.marker = marker
-
-        def run(self) -> None:
-            import time
-            from pathlib import Path
-
-            try:
-                Path(self.marker + ".started").write_text("")
-                deadline = time.monotonic() + 120
-                while time.monotonic() < deadline:
-                    time.sleep(0.01)
-            finally:
-                Path(self.marker).write_text("unwound")
-
-    executor = make_executor("ray")  # Ray runs already (the module's instance): this executor only connects
-    marker = str(tmp_path / "task")
-    executor.submit(RunUntilStopped(marker))
-    wait_for_start([marker])
-    started = time.monotonic()
-    executor.close()
+    cloudpickle.register_pickle_by_value(processes)  # Ray's workers cannot import the tests' modules
+    try:
+        executor = make_executor("ray")  # Ray runs already (the module's instance): this executor only connects
+        marker = str(tmp_path / "task")
+        executor.submit(processes.RunUntilStopped(marker))
+        processes.wait_for_start([marker])
+        started = time.monotonic()
+        executor.close()
+    finally:
+        cloudpickle.unregister_pickle_by_value(processes)
     assert time.monotonic() - started < 30
     deadline = time.monotonic() + 10
     while not Path(marker).exists() and time.monotonic() < deadline:

@@ -98,15 +98,10 @@ class LocalExecutor:
     def close(self) -> None:
         """Idle workers exit when their task pipe closes; busy ones (a study stopped by Ctrl-C or an error) are
         stopped, rather than waited for to the end of their trainings."""
-        from ..parallel import stop_workers
+        from ..parallel import close_workers
 
         self._selector.close()
-        for worker in self._workers:
-            os.close(worker.tasks)
-        stop_workers([worker for worker in self._workers if worker.in_flight])
-        for worker in self._workers:
-            worker.process.wait()
-            os.close(worker.results)
+        close_workers(self._workers, stop=[worker for worker in self._workers if worker.in_flight])
 
 
 class RayExecutor:
